@@ -1,0 +1,88 @@
+"""Command-line plumbing shared by `raycifar.train` and `raycifar.tune`.
+
+Flags map one to one onto `TrainConfig` fields, with the dataclass defaults, so `--help` and the
+config cannot disagree. Errors a user can fix end as one `raycifar: error: ...` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import traceback
+from typing import Callable, Optional
+
+from .config import DATA_FORMATS, OPTIMIZERS, PRECISIONS, RaycifarError, TrainConfig
+
+HELP = {
+    "data_dir": "CIFAR-10 location: a cifar-10-batches-py folder or an image tree "
+                "train/<class>/, test/<class>/ (default: download into --cache-dir)",
+    "data_format": "which source --data-dir holds (auto detects it)",
+    "cache_dir": "folder for the download and for decoded-image caches",
+    "subset": "train on N images and test on N/5 (same code path; for smoke runs)",
+    "loader_workers": "DataLoader worker processes per Ray worker",
+    "epochs": "number of epochs",
+    "peak_epoch": "the LR peaks at the last step of this epoch",
+    "lr_max": "peak LR of the One Cycle (LRMAX)",
+    "lr_min": "start and final LR of the One Cycle (LRMIN; no annihilation)",
+    "cycle_momentum": "cycle momentum inversely to the LR (One Cycle's original form)",
+    "batch_size": "global batch size, split evenly across workers",
+    "optimizer": "sgd = SGD with Nesterov momentum; adam = AdamW",
+    "momentum": "SGD momentum",
+    "weight_decay": "L2 weight decay (on the mean loss)",
+    "label_smoothing": "label smoothing of the training cross-entropy",
+    "logit_scale": "multiply the logits by this (Page's ResNet-9 uses 0.125)",
+    "precision": "autocast precision (fp16 adds loss scaling)",
+    "channels_last": "NHWC memory layout (faster with bf16 on CPU and on tensor cores)",
+    "tta": "test accuracy averages each image with its mirror image",
+    "seed": "random seed",
+    "num_workers": "Ray Train workers (0 = run in this process without a cluster)",
+    "cpus_per_worker": "CPUs each worker reserves (torch uses this many threads)",
+    "use_gpu": "train on GPUs (default: when the cluster has any)",
+    "storage_path": "where run folders go: an absolute path or a URI (s3://, gs://); "
+                    "a relative path is made absolute",
+    "name": "run name; a re-run with the same name resumes from its last checkpoint",
+    "max_failures": "restart the worker group this many times after a failure (-1 = always)",
+}
+CHOICES = {"data_format": DATA_FORMATS, "optimizer": OPTIMIZERS, "precision": PRECISIONS}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, typed and defaulted from the dataclass."""
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if isinstance(default, bool) or f.name == "use_gpu":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=default, help=HELP[f.name])
+            continue
+        kind = {int: int, float: float}.get(type(default), str)
+        parser.add_argument(flag, dest=f.name, type=kind, default=default,
+                            choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES
+                            else f.name.upper(), help=HELP[f.name] + " (default: %(default)s)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from .config import resolve_storage_path
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values["storage_path"] = resolve_storage_path(values["storage_path"])
+    return TrainConfig(**values)
+
+
+def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
+            argv: Optional[list[str]] = None) -> int:
+    """Parse, run, and turn user-fixable errors into one line on stderr and exit code 2."""
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except RaycifarError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; run again with the same --name to resume",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,143 @@
+"""Typed, validated training configuration: the one place that holds defaults.
+
+`TrainConfig` is frozen and checked at construction. Every problem is collected and reported
+at once, each naming the key, the value, what is allowed and how to fix it, so a typo gives
+one clear message instead of a traceback from inside a Ray worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+DATA_FORMATS = ("auto", "download", "batches", "folder")
+OPTIMIZERS = ("sgd", "adam")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class RaycifarError(Exception):
+    """An error a user can fix; the CLI prints it as one line, without a traceback."""
+
+
+class ConfigError(RaycifarError, ValueError):
+    """One or more configuration values are invalid."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems) if len(problems) == 1 else
+                         "invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on, with units.
+
+    The defaults are the spec (24 epochs, peak at the end of epoch 5, global batch 512) plus
+    Page's ResNet-9 recipe (SGD Nesterov 0.9, weight decay 5e-4 on the mean loss, logits x0.125,
+    label smoothing 0.2).
+    """
+
+    # --- data ---
+    data_dir: Optional[str] = None        # None: torchvision download into cache_dir
+    data_format: str = "auto"             # auto | download | batches | folder
+    cache_dir: str = "~/.cache/raycifar"  # downloads and decoded-array caches live here
+    subset: int = 0                       # >0: train on `subset` images, test on subset // 5
+    loader_workers: int = 2               # DataLoader worker processes per Ray worker
+
+    # --- schedule (One Cycle, stepped per batch) ---
+    epochs: int = 24
+    peak_epoch: int = 5                   # LR reaches lr_max on the last step of this epoch
+    lr_max: float = 0.4                   # per global batch of 512, mean loss
+    lr_min: float = 0.004                 # start and end LR (no annihilation)
+    cycle_momentum: bool = False          # Page's recipe keeps momentum fixed
+
+    # --- optimisation ---
+    batch_size: int = 512                 # global: split evenly across workers
+    optimizer: str = "sgd"                # sgd (Nesterov) | adam
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.2
+    logit_scale: float = 0.125            # multiplies the logits (Page's ResNet-9)
+    precision: str = "bf16"               # fp32 | bf16 | fp16 (autocast)
+    channels_last: bool = True
+    tta: bool = True                      # test accuracy averages the image and its mirror
+    seed: int = 0
+
+    # --- Ray ---
+    num_workers: int = 1
+    cpus_per_worker: int = 2
+    use_gpu: Optional[bool] = None        # None: use GPUs when the cluster has them
+    storage_path: str = "~/raycifar_runs" # absolute path or URI (s3://, gs://)
+    name: str = "cifar10-onecycle"
+    max_failures: int = 0                 # whole-group restarts before giving up
+
+    def __post_init__(self) -> None:
+        problems = _validate(self)
+        if problems:
+            raise ConfigError(problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError([f"unknown config key(s) {unknown}; known keys: {sorted(known)}"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def run_dir(self) -> str:
+        """`<storage_path>/<name>`, the folder every output of this run goes to."""
+        return self.storage_path.rstrip("/") + "/" + self.name
+
+
+def resolve_storage_path(path: str) -> str:
+    """Ray needs an absolute path or a URI: expand `~` and make relative paths absolute."""
+    if "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _validate(c: TrainConfig) -> list[str]:
+    p: list[str] = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            p.append(msg)
+
+    need(c.data_format in DATA_FORMATS,
+         f"data_format={c.data_format!r} is not one of {DATA_FORMATS}")
+    need(c.optimizer in OPTIMIZERS, f"optimizer={c.optimizer!r} is not one of {OPTIMIZERS}")
+    need(c.precision in PRECISIONS, f"precision={c.precision!r} is not one of {PRECISIONS}")
+    need(c.epochs >= 1, f"epochs={c.epochs} must be >= 1")
+    need(1 <= c.peak_epoch < c.epochs,
+         f"peak_epoch={c.peak_epoch} must be in [1, epochs-1={c.epochs - 1}]: "
+         "the LR has to fall after the peak; lower --peak-epoch or raise --epochs")
+    need(c.lr_min > 0, f"lr_min={c.lr_min} must be > 0")
+    need(c.lr_max > c.lr_min,
+         f"lr_min={c.lr_min} must be below lr_max={c.lr_max}; swap them or lower --lr-min")
+    need(c.batch_size >= 1, f"batch_size={c.batch_size} must be >= 1")
+    need(c.num_workers >= 0, f"num_workers={c.num_workers} must be >= 0 (0 = in-process)")
+    if c.num_workers >= 1 and c.batch_size >= 1:
+        need(c.batch_size % c.num_workers == 0,
+             f"batch_size={c.batch_size} cannot be split evenly across num_workers="
+             f"{c.num_workers}; use a batch size divisible by the worker count")
+    need(c.cpus_per_worker >= 1, f"cpus_per_worker={c.cpus_per_worker} must be >= 1")
+    need(c.loader_workers >= 0, f"loader_workers={c.loader_workers} must be >= 0")
+    need(c.subset == 0 or c.subset >= 10,
+         f"subset={c.subset} must be 0 (all data) or >= 10 images")
+    need(0 <= c.momentum < 1, f"momentum={c.momentum} must be in [0, 1)")
+    need(c.weight_decay >= 0, f"weight_decay={c.weight_decay} must be >= 0")
+    need(0 <= c.label_smoothing < 1, f"label_smoothing={c.label_smoothing} must be in [0, 1)")
+    need(c.logit_scale > 0, f"logit_scale={c.logit_scale} must be > 0")
+    need(c.max_failures >= -1, f"max_failures={c.max_failures} must be >= -1 (-1 = forever)")
+    need(bool(c.name) and "/" not in c.name,
+         f"name={c.name!r} must be a non-empty folder name without '/'")
+    return p

@@ -1,0 +1,158 @@
+"""Plain PyTorch: one training epoch, evaluation and predictions. No Ray in here.
+
+Both loops accept a model wrapped in DDP or not; `all_reduce_sums` combines per-rank sums when
+a torch.distributed process group exists (Ray Train sets one up), and is a no-op otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .config import RaycifarError
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DivergenceError(RaycifarError):
+    """The training loss became NaN or infinite."""
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    # Only fp16 needs loss scaling; a disabled scaler passes calls straight through.
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+@dataclass
+class Step:
+    step: int
+    epoch: int
+    lr: float
+    momentum: float
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    accuracy: float
+    images: int
+    seconds: float
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def _momentum(group: dict) -> float:
+    return float(group["betas"][0] if "betas" in group else group.get("momentum", 0.0))
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    x = x.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
+    """Sum per-rank figures over all ranks (identity without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                scheduler, loss_fn: Callable, scaler: torch.amp.GradScaler, *,
+                device: torch.device, precision: str = "fp32", channels_last: bool = False,
+                epoch: int = 1, first_step: int = 0, progress: bool = False,
+                max_steps: Optional[int] = None) -> EpochResult:
+    """Train one epoch, stepping `scheduler` per batch; returns this rank's figures."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    steps: list[Step] = []
+    bar = tqdm(loader, disable=not progress, dynamic_ncols=True, leave=True,
+               desc=f"epoch {epoch}")
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(bar):
+        if max_steps is not None and i >= max_steps:
+            break
+        x, y = _to_device(x, y, device, channels_last)
+        group = optimizer.param_groups[0]
+        steps.append(Step(first_step + i, epoch, float(group["lr"]), _momentum(group)))
+        with autocast(precision, device):
+            out = model(x)
+            loss = loss_fn(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+
+        value = loss.item()
+        if not math.isfinite(value):
+            raise DivergenceError(
+                f"loss became {value} at epoch {epoch}, step {first_step + i} (lr "
+                f"{steps[-1].lr:.4g}); lower --lr-max or use --precision fp32")
+        n = y.numel()
+        loss_sum += value * n
+        correct += int((out.argmax(1) == y).sum())
+        seen += n
+        bar.set_postfix_str(f"Loss={value:.4f} Batch_id={i} Accuracy={100 * correct / seen:.2f}",
+                            refresh=False)
+    seconds = time.perf_counter() - start
+    bar.close()
+    loss_sum, correct, seen = all_reduce_sums([loss_sum, correct, seen], device)
+    return EpochResult(loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), seconds, steps)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable, *, device: torch.device, precision: str = "fp32",
+            channels_last: bool = False, tta: bool = False):
+    """Logits of each batch (plain, and averaged with the mirror image when `tta`), labels."""
+    model.eval()
+    plain, averaged, labels = [], [], []
+    for x, y in loader:
+        x, y = _to_device(x, y, device, channels_last)
+        with autocast(precision, device):
+            out = model(x).float()
+            avg = (out + model(torch.flip(x, dims=[3])).float()) / 2 if tta else out
+        plain.append(out)
+        averaged.append(avg)
+        labels.append(y)
+    if not labels:
+        empty = torch.empty(0, device=device)
+        return empty, empty, empty.long()
+    return torch.cat(plain), torch.cat(averaged), torch.cat(labels)
+
+
+def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device,
+             precision: str = "fp32", channels_last: bool = False, tta: bool = False) -> dict:
+    """Test loss (plain cross-entropy) and accuracy over all ranks, plus this rank's outputs."""
+    plain, averaged, labels = predict(model, loader, device=device, precision=precision,
+                                      channels_last=channels_last, tta=tta)
+    loss_sum = float(F.cross_entropy(averaged, labels, reduction="sum")) if labels.numel() else 0.0
+    correct = int((averaged.argmax(1) == labels).sum())
+    correct_plain = int((plain.argmax(1) == labels).sum())
+    loss_sum, correct, correct_plain, n = all_reduce_sums(
+        [loss_sum, correct, correct_plain, labels.numel()], device)
+    n = max(n, 1)
+    return {"loss": loss_sum / n, "accuracy": correct / n, "accuracy_plain": correct_plain / n,
+            "count": int(n), "probs": torch.softmax(averaged, 1), "labels": labels}

@@ -1,0 +1,90 @@
+"""The run folder: read and write files under `<storage_path>/<name>/` on any filesystem.
+
+Local paths and URIs (s3://, gs://) go through pyarrow's filesystems, as Ray's own storage does,
+so a run on a cluster can write to a bucket and the report can read from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from .config import RaycifarError
+
+
+class RunFolderError(RaycifarError):
+    """A run folder or one of its files is missing or malformed."""
+
+
+class RunFolder:
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+        if "://" in uri:
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), self.uri
+
+    def _path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def exists(self, name: str = "") -> bool:
+        info = self.fs.get_file_info(self._path(name) if name else self.root)
+        return info.type != pafs.FileType.NotFound
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.fs.create_dir(self.root, recursive=True)
+        # Write then move, so a reader never sees half a file.
+        tmp = self._path(f".{name}.tmp")
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self.fs.move(tmp, self._path(name))
+
+    def read_bytes(self, name: str) -> bytes:
+        if not self.exists(name):
+            raise RunFolderError(f"{self._path(name)} does not exist; is {self.uri} a run folder?")
+        with self.fs.open_input_stream(self._path(name)) as f:
+            return f.read()
+
+    def write_text(self, name: str, text: str) -> None:
+        self.write_bytes(name, text.encode())
+
+    def read_text(self, name: str) -> str:
+        return self.read_bytes(name).decode()
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.write_text(name, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+    def read_json(self, name: str) -> Any:
+        try:
+            return json.loads(self.read_text(name))
+        except json.JSONDecodeError as e:
+            raise RunFolderError(f"{self._path(name)} is not valid JSON ({e})") from e
+
+    def write_csv(self, name: str, rows: Iterable[dict], columns: list[str]) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        self.write_text(name, buf.getvalue())
+
+    def read_csv(self, name: str, required: Iterable[str] = ()) -> list[dict[str, str]]:
+        rows = list(csv.DictReader(io.StringIO(self.read_text(name))))
+        missing = [c for c in required if not rows or c not in rows[0]]
+        if missing:
+            raise RunFolderError(f"{self._path(name)} is malformed: no rows or missing columns "
+                                 f"{missing}")
+        return rows
+
+    def write_npz(self, name: str, **arrays: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        self.write_bytes(name, buf.getvalue())
+
+    def read_npz(self, name: str) -> dict[str, np.ndarray]:
+        with np.load(io.BytesIO(self.read_bytes(name)), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}

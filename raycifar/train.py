@@ -1,0 +1,383 @@
+"""Ray Train glue: the per-worker loop, the TorchTrainer, and `python -m raycifar.train`.
+
+Every Ray call in the worker is marked `# Ray:`; everything else is plain PyTorch from
+`engine.py`, so the same pieces run without Ray in the LR finder and in tests.
+
+Run folder (`<storage_path>/<name>/`), written by rank 0:
+    config.json      resolved config, package version, git commit
+    metrics.csv      a row per epoch
+    lr_steps.csv     a row per optimizer step (step, epoch, lr, momentum)
+    predictions.npz  test labels, predictions, probabilities, misclassified images
+    model.pt         final weights (a plain state_dict)
+    summary.json     final/best accuracy, timings, throughput, workers, device
+Ray's own `checkpoint_*` folders sit beside them; a re-run with the same name resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .config import TrainConfig
+from .data import ArrayDataset, load_arrays
+from .engine import evaluate, make_scaler, train_epoch
+from .model import CustomResNet
+from .runs import RunFolder
+from .schedule import OneCycle
+from .transforms import eval_transform, train_transform
+
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+                  "test_acc_plain", "epoch_seconds", "images_per_second"]
+STEP_COLUMNS = ["step", "epoch", "lr", "momentum"]
+CHECKPOINT_FILE = "state.pt"
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr_min, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr_min, momentum=cfg.momentum,
+                           nesterov=True, weight_decay=cfg.weight_decay)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def _seed_loader_worker(worker_id: int) -> None:
+    # Each loader process gets a distinct, reproducible seed from torch's per-worker seed.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """The loop every Ray worker runs; returns the run summary (kept from rank 0)."""
+    import ray.train
+    import ray.train.torch
+
+    wall_start = time.perf_counter()
+    cfg = TrainConfig.from_dict(config["train"])
+    ctx = ray.train.get_context()                                       # Ray: who am I
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()                               # Ray: my device
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.cpus_per_worker)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    arrays = load_arrays(cfg)
+    mean, std = arrays.mean_std()
+    train_ds = ArrayDataset(arrays.x_train, arrays.y_train, train_transform(mean, std))
+    # Each rank evaluates its own slice of the test set; sums are all-reduced.
+    test_idx = np.arange(rank, len(arrays.y_test), world)
+    test_ds = ArrayDataset(arrays.x_test[test_idx], arrays.y_test[test_idx],
+                           eval_transform(mean, std))
+    loader_gen = torch.Generator().manual_seed(cfg.seed)
+    train_loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=cfg.batch_size // max(world, 1), shuffle=True,
+        num_workers=cfg.loader_workers, worker_init_fn=_seed_loader_worker,
+        generator=loader_gen, pin_memory=device.type == "cuda")
+    train_loader = ray.train.torch.prepare_data_loader(train_loader)    # Ray: shard + device
+    test_loader = torch.utils.data.DataLoader(test_ds, batch_size=512, num_workers=0)
+
+    model = CustomResNet(len(arrays.classes), cfg.logit_scale)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ray.train.torch.prepare_model(model)                        # Ray: device + DDP
+    optimizer = make_optimizer(cfg, model)
+    cycle = OneCycle(cfg.lr_min, cfg.lr_max, cfg.epochs, cfg.peak_epoch, len(train_loader))
+    scheduler = cycle.build(optimizer, cfg.cycle_momentum)
+    scaler = make_scaler(cfg.precision, device)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    bare = model.module if hasattr(model, "module") else model
+
+    history: list[dict] = []
+    steps: list[dict] = []
+    start_epoch, train_seconds = 1, 0.0
+    checkpoint = ray.train.get_checkpoint()                             # Ray: resume?
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=False)
+        bare.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        loader_gen.set_state(state["loader_rng"])
+        _set_rng_state(state["rng"])
+        history, steps = state["history"], state["steps"]
+        start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
+        if rank == 0:
+            print(f"[raycifar] resuming {cfg.name} after epoch {state['epoch']}", flush=True)
+
+    run = RunFolder(cfg.run_dir) if rank == 0 else None
+    if run is not None and not checkpoint:
+        run.write_json("config.json", {"config": cfg.to_dict(), **config.get("meta", {}),
+                                       "steps_per_epoch": len(train_loader), "world_size": world,
+                                       "device": str(device), "mean": mean, "std": std,
+                                       "classes": arrays.classes})
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        sampler = getattr(train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)                                    # reshuffle DDP shards
+        res = train_epoch(model, train_loader, optimizer, scheduler, loss_fn, scaler,
+                          device=device, precision=cfg.precision,
+                          channels_last=cfg.channels_last, epoch=epoch,
+                          first_step=(epoch - 1) * len(train_loader), progress=rank == 0)
+        ev = evaluate(model, test_loader, device=device, precision=cfg.precision,
+                      channels_last=cfg.channels_last, tta=cfg.tta)
+        train_seconds += res.seconds
+        row = {"epoch": epoch, "lr": res.steps[-1].lr, "train_loss": res.loss,
+               "train_acc": res.accuracy, "test_loss": ev["loss"], "test_acc": ev["accuracy"],
+               "test_acc_plain": ev["accuracy_plain"], "epoch_seconds": res.seconds,
+               # every rank saw the same number of images in about the same time
+               "images_per_second": res.images / res.seconds}
+        history.append(row)
+        steps.extend(asdict(s) for s in res.steps)
+        if run is None:
+            ray.train.report(row)                                       # Ray: barrier
+            continue
+        run.write_csv("metrics.csv", history, METRIC_COLUMNS)
+        run.write_csv("lr_steps.csv", steps, STEP_COLUMNS)
+        print(f"[raycifar] epoch {epoch}/{cfg.epochs} lr {row['lr']:.4f} train loss "
+              f"{res.loss:.4f} acc {res.accuracy:.4f} | test loss {ev['loss']:.4f} acc "
+              f"{ev['accuracy']:.4f} | {res.seconds:.0f}s {row['images_per_second']:.0f} img/s",
+              flush=True)
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"model": bare.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                        "loader_rng": loader_gen.get_state(), "rng": _rng_state(),
+                        "epoch": epoch, "history": history, "steps": steps,
+                        "train_seconds": train_seconds, "config": cfg.to_dict()},
+                       os.path.join(d, CHECKPOINT_FILE))
+            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))  # Ray
+
+    return _finish(cfg, model, test_loader, test_idx, arrays, history, train_seconds,
+                   time.perf_counter() - wall_start, world, device, run)
+
+
+def _finish(cfg: TrainConfig, model: nn.Module, test_loader, test_idx: np.ndarray, arrays,
+            history: list[dict], train_seconds: float, wall_seconds: float, world: int,
+            device: torch.device, run: Optional[RunFolder]) -> dict:
+    """Gather test predictions from every rank; rank 0 writes predictions, model and summary."""
+    import torch.distributed as dist
+
+    ev = evaluate(model, test_loader, device=device, precision=cfg.precision,
+                  channels_last=cfg.channels_last, tta=cfg.tta)
+    part = (test_idx, ev["probs"].float().cpu().numpy(), ev["labels"].cpu().numpy())
+    parts = [part]
+    if dist.is_available() and dist.is_initialized():
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, part)
+    if run is None:
+        return {}
+    idx = np.concatenate([p[0] for p in parts])
+    order = np.argsort(idx)
+    probs = np.concatenate([p[1] for p in parts])[order]
+    labels = np.concatenate([p[2] for p in parts])[order].astype(np.int64)
+    preds = probs.argmax(1)
+    wrong = np.flatnonzero(preds != labels)
+    run.write_npz("predictions.npz", labels=labels, preds=preds, probs=probs.astype(np.float32),
+                  classes=np.array(arrays.classes), wrong_index=wrong,
+                  wrong_images=arrays.x_test[wrong])
+    bare = model.module if hasattr(model, "module") else model
+    import io
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in bare.state_dict().items()}, buf)
+    run.write_bytes("model.pt", buf.getvalue())
+    accs = [h["test_acc"] for h in history]
+    best = int(np.argmax(accs)) if accs else -1
+    images_per_second = (sum(h["epoch_seconds"] * h["images_per_second"] for h in history)
+                         / train_seconds) if train_seconds else 0.0
+    summary = {
+        "final_test_acc": float((preds == labels).mean()),
+        "best_test_acc": accs[best] if accs else None,
+        "best_epoch": history[best]["epoch"] if accs else None,
+        "test_images": int(len(labels)), "train_images": int(len(arrays.y_train)),
+        "epochs": len(history), "wall_seconds": wall_seconds, "train_seconds": train_seconds,
+        "images_per_second": images_per_second, "workers": world, "device": str(device),
+        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                        else f"cpu x{torch.get_num_threads()} threads"),
+        "precision": cfg.precision, "tta": cfg.tta, "lr_min": cfg.lr_min, "lr_max": cfg.lr_max,
+    }
+    run.write_json("summary.json", summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------- driver side
+
+def _git_commit() -> Optional[str]:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def set_ray_env_defaults() -> None:
+    """Quieter, single-copy logs and the dashboard's Train tab, unless the user set them."""
+    for key, value in {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                       "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
+                       "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}.items():
+        os.environ.setdefault(key, value)
+
+
+def init_ray(address: Optional[str]) -> None:
+    import ray
+
+    set_ray_env_defaults()
+    if not ray.is_initialized():
+        ray.init(address=address)
+
+
+def placeable_workers(cpus_per_worker: int, use_gpu: bool) -> int:
+    """How many workers of this shape the cluster's live nodes can hold at once."""
+    import ray
+
+    total = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        fit = int(res.get("CPU", 0) // cpus_per_worker)
+        if use_gpu:
+            fit = min(fit, int(res.get("GPU", 0)))
+        total += fit
+    return total
+
+
+def check_cluster(cfg: TrainConfig, use_gpu: bool, local: bool) -> None:
+    """Refuse (local) or warn (an autoscaling cluster may grow) when workers cannot be placed."""
+    from .config import RaycifarError
+
+    room = placeable_workers(cfg.cpus_per_worker, use_gpu)
+    if room >= cfg.num_workers:
+        return
+    shape = f"{cfg.cpus_per_worker} CPU" + (" + 1 GPU" if use_gpu else "")
+    msg = (f"{cfg.num_workers} workers of {shape} each cannot be placed: the cluster has room "
+           f"for {room}; lower --num-workers or --cpus-per-worker")
+    if local:
+        raise RaycifarError(msg)
+    print(f"[raycifar] warning: {msg} (waiting for the autoscaler)", flush=True)
+
+
+def _user_error(exc: BaseException):
+    """The RaycifarError a worker raised, if that is what failed the run."""
+    from .config import RaycifarError
+
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, RaycifarError):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += list(getattr(e, "worker_failures", {}).values())
+    return None
+
+
+def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None):
+    """Build the TorchTrainer for `cfg` and run it; returns Ray's Result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from .config import RaycifarError
+
+    meta = meta or {"version": __version__, "git_commit": _git_commit()}
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": cfg.to_dict(), "meta": meta},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=cfg.name, storage_path=cfg.storage_path,
+                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    try:
+        return trainer.fit()
+    except Exception as e:
+        user = _user_error(e)
+        if user is not None:
+            raise type(user)(str(user)) from e
+        raise
+
+
+def main(args) -> int:
+    from .cli import config_from_args
+
+    cfg = config_from_args(args)
+    started = time.perf_counter()
+    arrays = load_arrays(cfg)  # validates the data (and fills the decode cache) before Ray starts
+    print(f"[raycifar] data: {len(arrays.y_train)} train / {len(arrays.y_test)} test images, "
+          f"classes {arrays.classes}", flush=True)
+    use_gpu = bool(cfg.use_gpu)
+    if cfg.num_workers > 0:
+        import ray
+
+        init_ray(args.address)
+        if cfg.use_gpu is None:
+            use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        check_cluster(cfg, use_gpu, local=args.address is None)
+    run = RunFolder(cfg.run_dir)
+    if run.exists("metrics.csv"):
+        print(f"[raycifar] {cfg.run_dir} exists: resuming from its last checkpoint "
+              "(use another --name to start fresh)", flush=True)
+    result = fit(cfg, use_gpu, {"version": __version__, "git_commit": _git_commit(),
+                                "command": " ".join(__import__("sys").argv)})
+    s = result.return_value or run.read_json("summary.json")
+    print(f"[raycifar] done in {time.perf_counter() - started:.0f}s: final test accuracy "
+          f"{s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f} at epoch {s['best_epoch']}), "
+          f"{s['images_per_second']:.0f} train images/s; run folder {cfg.run_dir}", flush=True)
+    return 0
+
+
+def build_parser():
+    import argparse
+
+    from .cli import add_config_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="python -m raycifar.train",
+        description="Train the custom ResNet on CIFAR-10 with One Cycle under Ray Train.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(parser)
+    parser.add_argument("--address", default=None,
+                        help="join an existing Ray cluster ('auto' or ray://host:port); "
+                             "default: start a local Ray")
+    return parser
+
+
+if __name__ == "__main__":
+    # Re-import as `raycifar.train` so Ray pickles the worker loop by reference, not from
+    # `__main__` by value.
+    from raycifar import train as _module
+    from raycifar.cli import run_cli
+
+    raise SystemExit(run_cli(_module.main, _module.build_parser()))
