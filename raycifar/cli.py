@@ -32,10 +32,13 @@ HELP = {
     "weight_decay": "L2 weight decay (on the mean loss)",
     "label_smoothing": "label smoothing of the training cross-entropy",
     "logit_scale": "multiply the logits by this (Page's ResNet-9 uses 0.125)",
-    "precision": "autocast precision (fp16 adds loss scaling)",
+    "precision": "autocast precision; auto = bf16 where the CPU/GPU has native bf16, fp16 on "
+                 "older GPUs, fp32 on other CPUs (fp16 adds loss scaling)",
     "channels_last": "NHWC memory layout (faster with bf16 on CPU and on tensor cores)",
     "tta": "test accuracy averages each image with its mirror image",
     "seed": "random seed",
+    "stop_after_epoch": "stop after this epoch (checkpointed); run the same --name again to "
+                        "continue (0 = train to the end)",
     "num_workers": "Ray Train workers (0 = run in this process without a cluster)",
     "cpus_per_worker": "CPUs each worker reserves (torch uses this many threads)",
     "use_gpu": "train on GPUs (default: when the cluster has any)",

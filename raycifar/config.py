@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 DATA_FORMATS = ("auto", "download", "batches", "folder")
 OPTIMIZERS = ("sgd", "adam")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class RaycifarError(Exception):
@@ -60,10 +60,13 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.2
     logit_scale: float = 0.125            # multiplies the logits (Page's ResNet-9)
-    precision: str = "bf16"               # fp32 | bf16 | fp16 (autocast)
+    precision: str = "auto"               # auto | fp32 | bf16 | fp16 (autocast); auto = bf16
+                                          # where the hardware has it natively, else fp16 on
+                                          # older GPUs and fp32 on CPUs without bf16 units
     channels_last: bool = True
     tta: bool = True                      # test accuracy averages the image and its mirror
     seed: int = 0
+    stop_after_epoch: int = 0             # >0: stop after this epoch; re-run the name to go on
 
     # --- Ray ---
     num_workers: int = 1
@@ -137,6 +140,8 @@ def _validate(c: TrainConfig) -> list[str]:
     need(c.weight_decay >= 0, f"weight_decay={c.weight_decay} must be >= 0")
     need(0 <= c.label_smoothing < 1, f"label_smoothing={c.label_smoothing} must be in [0, 1)")
     need(c.logit_scale > 0, f"logit_scale={c.logit_scale} must be > 0")
+    need(0 <= c.stop_after_epoch <= c.epochs,
+         f"stop_after_epoch={c.stop_after_epoch} must be in [0, epochs={c.epochs}]")
     need(c.max_failures >= -1, f"max_failures={c.max_failures} must be >= -1 (-1 = forever)")
     need(bool(c.name) and "/" not in c.name,
          f"name={c.name!r} must be a non-empty folder name without '/'")

@@ -27,6 +27,15 @@ class DivergenceError(RaycifarError):
     """The training loss became NaN or infinite."""
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """What `auto` means on this device: emulated bf16 is ~20x slower than fp32 on AVX2 CPUs."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
 def autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()

@@ -29,7 +29,7 @@ from torch import nn
 from . import __version__
 from .config import TrainConfig
 from .data import ArrayDataset, load_arrays
-from .engine import evaluate, make_scaler, train_epoch
+from .engine import evaluate, make_scaler, resolve_precision, train_epoch
 from .model import CustomResNet
 from .runs import RunFolder
 from .schedule import OneCycle
@@ -82,6 +82,7 @@ def train_loop_per_worker(config: dict) -> dict:
     device = ray.train.torch.get_device()                               # Ray: my device
     if device.type == "cpu":
         torch.set_num_threads(cfg.cpus_per_worker)
+    precision = resolve_precision(cfg.precision, device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -108,7 +109,7 @@ def train_loop_per_worker(config: dict) -> dict:
     optimizer = make_optimizer(cfg, model)
     cycle = OneCycle(cfg.lr_min, cfg.lr_max, cfg.epochs, cfg.peak_epoch, len(train_loader))
     scheduler = cycle.build(optimizer, cfg.cycle_momentum)
-    scaler = make_scaler(cfg.precision, device)
+    scaler = make_scaler(precision, device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     bare = model.module if hasattr(model, "module") else model
 
@@ -134,7 +135,8 @@ def train_loop_per_worker(config: dict) -> dict:
     if run is not None and not checkpoint:
         run.write_json("config.json", {"config": cfg.to_dict(), **config.get("meta", {}),
                                        "steps_per_epoch": len(train_loader), "world_size": world,
-                                       "device": str(device), "mean": mean, "std": std,
+                                       "device": str(device), "precision": precision,
+                                       "mean": mean, "std": std,
                                        "classes": arrays.classes})
 
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -142,10 +144,10 @@ def train_loop_per_worker(config: dict) -> dict:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)                                    # reshuffle DDP shards
         res = train_epoch(model, train_loader, optimizer, scheduler, loss_fn, scaler,
-                          device=device, precision=cfg.precision,
+                          device=device, precision=precision,
                           channels_last=cfg.channels_last, epoch=epoch,
                           first_step=(epoch - 1) * len(train_loader), progress=rank == 0)
-        ev = evaluate(model, test_loader, device=device, precision=cfg.precision,
+        ev = evaluate(model, test_loader, device=device, precision=precision,
                       channels_last=cfg.channels_last, tta=cfg.tta)
         train_seconds += res.seconds
         row = {"epoch": epoch, "lr": res.steps[-1].lr, "train_loss": res.loss,
@@ -155,35 +157,48 @@ def train_loop_per_worker(config: dict) -> dict:
                "images_per_second": res.images / res.seconds}
         history.append(row)
         steps.extend(asdict(s) for s in res.steps)
-        if run is None:
+        if run is not None:
+            _record_epoch(run, cfg, row, history, steps, {
+                "model": bare.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "loader_rng": loader_gen.get_state(), "rng": _rng_state(), "epoch": epoch,
+                "history": history, "steps": steps, "train_seconds": train_seconds,
+                "config": cfg.to_dict()})
+        else:
             ray.train.report(row)                                       # Ray: barrier
-            continue
-        run.write_csv("metrics.csv", history, METRIC_COLUMNS)
-        run.write_csv("lr_steps.csv", steps, STEP_COLUMNS)
-        print(f"[raycifar] epoch {epoch}/{cfg.epochs} lr {row['lr']:.4f} train loss "
-              f"{res.loss:.4f} acc {res.accuracy:.4f} | test loss {ev['loss']:.4f} acc "
-              f"{ev['accuracy']:.4f} | {res.seconds:.0f}s {row['images_per_second']:.0f} img/s",
-              flush=True)
-        with tempfile.TemporaryDirectory() as d:
-            torch.save({"model": bare.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                        "loader_rng": loader_gen.get_state(), "rng": _rng_state(),
-                        "epoch": epoch, "history": history, "steps": steps,
-                        "train_seconds": train_seconds, "config": cfg.to_dict()},
-                       os.path.join(d, CHECKPOINT_FILE))
-            ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))  # Ray
+        if epoch == cfg.stop_after_epoch and epoch < cfg.epochs:        # every rank stops
+            if rank == 0:
+                print(f"[raycifar] stopping after epoch {epoch} as asked; run the same --name "
+                      "again to continue", flush=True)
+            return {"stopped_after_epoch": epoch}
 
     return _finish(cfg, model, test_loader, test_idx, arrays, history, train_seconds,
-                   time.perf_counter() - wall_start, world, device, run)
+                   time.perf_counter() - wall_start, world, device, run, precision)
+
+
+def _record_epoch(run: RunFolder, cfg: TrainConfig, row: dict, history: list[dict],
+                  steps: list[dict], state: dict) -> None:
+    """Rank 0: rewrite the per-epoch files, log a line, report with a checkpoint."""
+    import ray.train
+
+    run.write_csv("metrics.csv", history, METRIC_COLUMNS)
+    run.write_csv("lr_steps.csv", steps, STEP_COLUMNS)
+    print(f"[raycifar] epoch {row['epoch']}/{cfg.epochs} lr {row['lr']:.4f} train loss "
+          f"{row['train_loss']:.4f} acc {row['train_acc']:.4f} | test loss {row['test_loss']:.4f}"
+          f" acc {row['test_acc']:.4f} | {row['epoch_seconds']:.0f}s "
+          f"{row['images_per_second']:.0f} img/s", flush=True)
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(state, os.path.join(d, CHECKPOINT_FILE))
+        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))  # Ray: barrier
 
 
 def _finish(cfg: TrainConfig, model: nn.Module, test_loader, test_idx: np.ndarray, arrays,
             history: list[dict], train_seconds: float, wall_seconds: float, world: int,
-            device: torch.device, run: Optional[RunFolder]) -> dict:
+            device: torch.device, run: Optional[RunFolder], precision: str) -> dict:
     """Gather test predictions from every rank; rank 0 writes predictions, model and summary."""
     import torch.distributed as dist
 
-    ev = evaluate(model, test_loader, device=device, precision=cfg.precision,
+    ev = evaluate(model, test_loader, device=device, precision=precision,
                   channels_last=cfg.channels_last, tta=cfg.tta)
     part = (test_idx, ev["probs"].float().cpu().numpy(), ev["labels"].cpu().numpy())
     parts = [part]
@@ -219,7 +234,7 @@ def _finish(cfg: TrainConfig, model: nn.Module, test_loader, test_idx: np.ndarra
         "images_per_second": images_per_second, "workers": world, "device": str(device),
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else f"cpu x{torch.get_num_threads()} threads"),
-        "precision": cfg.precision, "tta": cfg.tta, "lr_min": cfg.lr_min, "lr_max": cfg.lr_max,
+        "precision": precision, "tta": cfg.tta, "lr_min": cfg.lr_min, "lr_max": cfg.lr_max,
     }
     run.write_json("summary.json", summary)
     return summary
@@ -352,6 +367,10 @@ def main(args) -> int:
     result = fit(cfg, use_gpu, {"version": __version__, "git_commit": _git_commit(),
                                 "command": " ".join(__import__("sys").argv)})
     s = result.return_value or run.read_json("summary.json")
+    if "stopped_after_epoch" in s:
+        print(f"[raycifar] stopped after epoch {s['stopped_after_epoch']}; run the same command "
+              f"without --stop-after-epoch to continue {cfg.run_dir}", flush=True)
+        return 0
     print(f"[raycifar] done in {time.perf_counter() - started:.0f}s: final test accuracy "
           f"{s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f} at epoch {s['best_epoch']}), "
           f"{s['images_per_second']:.0f} train images/s; run folder {cfg.run_dir}", flush=True)

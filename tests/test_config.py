@@ -1,0 +1,45 @@
+import pytest
+
+from raycifar.config import ConfigError, TrainConfig, resolve_storage_path
+
+
+def test_defaults_are_the_spec():
+    c = TrainConfig()
+    assert (c.epochs, c.peak_epoch, c.batch_size) == (24, 5, 512)
+    assert c.optimizer == "sgd" and c.momentum == 0.9 and c.weight_decay == 5e-4
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr_min": 0.5, "lr_max": 0.4}, "lr_min=0.5 must be below lr_max=0.4; swap them"),
+    ({"peak_epoch": 24}, "peak_epoch=24 must be in [1, epochs-1=23]"),
+    ({"batch_size": 512, "num_workers": 3},
+     "batch_size=512 cannot be split evenly across num_workers=3; use a batch size divisible"),
+    ({"precision": "fp8"}, "precision='fp8' is not one of"),
+    ({"name": "a/b"}, "must be a non-empty folder name"),
+])
+def test_bad_values_name_key_value_and_fix(changes, message):
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(**changes)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)  # one problem: one line
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(epochs=0, lr_min=-1, optimizer="lamb")
+    assert len(e.value.problems) >= 3
+    assert "epochs=0" in str(e.value) and "lr_min=-1" in str(e.value)
+    assert "optimizer='lamb'" in str(e.value)
+
+
+def test_from_dict_rejects_unknown_keys_and_round_trips():
+    c = TrainConfig(epochs=3, peak_epoch=1)
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['epoch'\]"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_storage_path_made_absolute_but_uris_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_storage_path("runs") == str(tmp_path / "runs")
+    assert resolve_storage_path("s3://bucket/runs") == "s3://bucket/runs"

@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from raycifar.engine import DivergenceError, evaluate, make_scaler, resolve_precision, train_epoch
+from raycifar.schedule import OneCycle
+
+
+def tiny_problem(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long()  # learnable from channel 0
+    return list(zip(x.split(16), y.split(16)))
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(192, 2))
+
+
+def fit(model, batches, epochs, lr_max=0.5):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    cycle = OneCycle(lr_max / 10, lr_max, epochs, 1, len(batches))
+    sched = cycle.build(opt)
+    results = []
+    for e in range(1, epochs + 1):
+        results.append(train_epoch(model, batches, opt, sched, nn.CrossEntropyLoss(),
+                                   make_scaler("fp32", torch.device("cpu")),
+                                   device=torch.device("cpu"), epoch=e,
+                                   first_step=(e - 1) * len(batches)))
+    return results, cycle
+
+
+def test_training_lowers_loss_and_records_every_step_lr():
+    batches = tiny_problem()
+    results, cycle = fit(tiny_model(), batches, epochs=4)
+    assert results[-1].loss < results[0].loss * 0.7
+    assert results[-1].accuracy > 0.9
+    steps = [s for r in results for s in r.steps]
+    assert [s.step for s in steps] == list(range(16))
+    assert [s.lr for s in steps] == pytest.approx([cycle.lr(k) for k in range(16)])
+    assert all(s.momentum == 0.9 for s in steps)
+    assert results[0].images == 64 and results[0].images_per_second > 0
+
+
+def test_evaluate_counts_and_tta_uses_the_mirror():
+    batches = tiny_problem()
+    model = tiny_model()
+    fit(model, batches, epochs=3)
+    ev = evaluate(model, batches, device=torch.device("cpu"))
+    assert ev["count"] == 64
+    assert ev["accuracy"] == ev["accuracy_plain"]
+    assert torch.allclose(ev["probs"].sum(1), torch.ones(64))
+    # a model that only sees the left half flips its view under TTA
+    ev_tta = evaluate(model, batches, device=torch.device("cpu"), tta=True)
+    assert ev_tta["accuracy_plain"] == ev["accuracy"]
+    assert not torch.allclose(ev_tta["probs"], ev["probs"])
+
+
+def test_nan_loss_stops_with_epoch_step_and_lr():
+    batches = tiny_problem()
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = OneCycle(0.01, 0.1, 2, 1, len(batches)).build(opt)
+
+    def nan_after_two(out, y, calls=[0]):
+        calls[0] += 1
+        loss = nn.functional.cross_entropy(out, y)
+        return loss * math.nan if calls[0] == 3 else loss
+
+    with pytest.raises(DivergenceError, match=r"loss became nan at epoch 1, step 2 \(lr .*\); "
+                                              "lower --lr-max"):
+        train_epoch(model, batches, opt, sched, nan_after_two,
+                    make_scaler("fp32", torch.device("cpu")), device=torch.device("cpu"))
+
+
+def test_auto_precision_never_picks_emulated_bf16_on_cpu():
+    got = resolve_precision("auto", torch.device("cpu"))
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert got == ("bf16" if native else "fp32")
+    assert resolve_precision("fp16", torch.device("cpu")) == "fp16"

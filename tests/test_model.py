@@ -1,0 +1,50 @@
+import torch
+from torch import nn
+
+from raycifar.model import CustomResNet, ResLayer, count_parameters
+
+
+def test_parameter_count_matches_spec():
+    assert count_parameters(CustomResNet()) == 6_573_120
+
+
+def test_no_biases_in_convs_or_fc():
+    for m in CustomResNet().modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            assert m.bias is None
+
+
+def test_shapes_through_each_stage():
+    net = CustomResNet().eval()
+    x = torch.randn(2, 3, 32, 32)
+    shapes = []
+    for stage in (net.prep, net.layer1, net.layer2, net.layer3, net.pool):
+        x = stage(x)
+        shapes.append(tuple(x.shape[1:]))
+    assert shapes == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 1, 1)]
+
+
+def test_conv_then_pool_then_bn_order():
+    kinds = [type(m).__name__ for m in CustomResNet().layer1.conv]
+    assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+
+
+def test_res_layer_adds_block_output_to_its_input():
+    layer = ResLayer(8, 16).eval()
+    x = torch.randn(1, 8, 8, 8)
+    X = layer.conv(x)
+    torch.testing.assert_close(layer(x), X + layer.res(X))
+    kinds = [type(m).__name__ for unit in layer.res for m in unit]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU"] * 2
+
+
+def test_returns_scaled_logits_not_probabilities():
+    torch.manual_seed(0)
+    a = CustomResNet(logit_scale=1.0).eval()
+    b = CustomResNet(logit_scale=0.125).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    la, lb = a(x), b(x)
+    assert la.shape == (4, 10)
+    torch.testing.assert_close(lb, la * 0.125)
+    assert not torch.allclose(la.sum(1), torch.ones(4))  # not a softmax

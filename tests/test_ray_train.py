@@ -1,0 +1,63 @@
+"""Training on a real local Ray: 2 workers under DDP (gloo), the run folder, resume."""
+
+import numpy as np
+import pytest
+import torch
+
+from raycifar.config import TrainConfig
+from raycifar.runs import RunFolder
+from raycifar.train import METRIC_COLUMNS, fit
+
+from conftest import write_folder
+
+pytestmark = pytest.mark.ray
+
+
+def small_config(tmp_path, **kw) -> TrainConfig:
+    data = write_folder(tmp_path / "data", n_train=24, n_test=8)
+    base = dict(data_dir=str(data), cache_dir=str(tmp_path / "cache"),
+                storage_path=str(tmp_path / "runs"), name="t", epochs=3, peak_epoch=1,
+                batch_size=16, lr_max=0.2, lr_min=0.02, num_workers=2, cpus_per_worker=1,
+                loader_workers=0, precision="fp32", channels_last=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_two_workers_train_write_the_run_folder_and_resume(tmp_path, ray_cluster):
+    cfg = small_config(tmp_path, stop_after_epoch=2)
+    first = fit(cfg)
+    assert first.return_value == {"stopped_after_epoch": 2}
+    run = RunFolder(cfg.run_dir)
+    rows = run.read_csv("metrics.csv", required=METRIC_COLUMNS)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert not run.exists("summary.json")
+
+    # Same name again, without the stop: continues at epoch 3 from the checkpoint.
+    second = fit(cfg.replace(stop_after_epoch=0))
+    summary = second.return_value
+    rows2 = run.read_csv("metrics.csv", required=METRIC_COLUMNS)
+    assert [r["epoch"] for r in rows2] == ["1", "2", "3"]
+    assert rows2[:2] == rows  # the first two epochs were not redone
+    assert float(rows2[2]["train_loss"]) < float(rows2[0]["train_loss"])
+
+    cfg_json = run.read_json("config.json")
+    world, spe = cfg_json["world_size"], cfg_json["steps_per_epoch"]
+    assert world == 2 and spe == 3  # 72 images / 2 workers / 8 per worker -> 3 steps
+    steps = run.read_csv("lr_steps.csv", required=["step", "epoch", "lr", "momentum"])
+    assert [int(s["step"]) for s in steps] == list(range(3 * spe))  # no gap, no repeat
+    lrs = [float(s["lr"]) for s in steps]
+    assert lrs[0] == pytest.approx(0.02) and max(lrs) == pytest.approx(0.2)
+    assert lrs[-1] == pytest.approx(0.02)
+
+    assert summary["workers"] == 2 and summary["epochs"] == 3
+    assert summary["test_images"] == 24 and summary == run.read_json("summary.json")
+    pred = run.read_npz("predictions.npz")
+    assert len(pred["labels"]) == 24 and pred["probs"].shape == (24, 3)
+    np.testing.assert_array_equal(pred["preds"], pred["probs"].argmax(1))
+    assert summary["final_test_acc"] == pytest.approx((pred["preds"] == pred["labels"]).mean())
+    assert len(pred["wrong_images"]) == (pred["preds"] != pred["labels"]).sum()
+    assert pred["classes"].tolist() == ["cat", "dog", "frog"]
+
+    import io
+    state = torch.load(io.BytesIO(run.read_bytes("model.pt")), weights_only=True)
+    from raycifar.model import CustomResNet
+    CustomResNet(num_classes=3).load_state_dict(state)
