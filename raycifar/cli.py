@@ -21,6 +21,8 @@ HELP = {
     "cache_dir": "folder for the download and for decoded-image caches",
     "subset": "train on N images and test on N/5 (same code path; for smoke runs)",
     "loader_workers": "DataLoader worker processes per Ray worker",
+    "validation": "hold out this many training images and evaluate on them instead of the "
+                  "test set (0 = use the test set)",
     "epochs": "number of epochs",
     "peak_epoch": "the LR peaks at the last step of this epoch",
     "lr_max": "peak LR of the One Cycle (LRMAX)",

@@ -45,6 +45,8 @@ class TrainConfig:
     cache_dir: str = "~/.cache/raycifar"  # downloads and decoded-array caches live here
     subset: int = 0                       # >0: train on `subset` images, test on subset // 5
     loader_workers: int = 2               # DataLoader worker processes per Ray worker
+    validation: int = 0                   # >0: evaluate on this many held-out *training*
+                                          # images instead of the test set (LR searches)
 
     # --- schedule (One Cycle, stepped per batch) ---
     epochs: int = 24
@@ -136,6 +138,7 @@ def _validate(c: TrainConfig) -> list[str]:
     need(c.loader_workers >= 0, f"loader_workers={c.loader_workers} must be >= 0")
     need(c.subset == 0 or c.subset >= 10,
          f"subset={c.subset} must be 0 (all data) or >= 10 images")
+    need(c.validation >= 0, f"validation={c.validation} must be >= 0")
     need(0 <= c.momentum < 1, f"momentum={c.momentum} must be in [0, 1)")
     need(c.weight_decay >= 0, f"weight_decay={c.weight_decay} must be >= 0")
     need(0 <= c.label_smoothing < 1, f"label_smoothing={c.label_smoothing} must be in [0, 1)")

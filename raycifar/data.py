@@ -58,6 +58,16 @@ class CifarArrays:
         return CifarArrays(self.x_train[tr], self.y_train[tr], self.x_test[te], self.y_test[te],
                            self.classes)
 
+    def hold_out(self, n: int, seed: int) -> "CifarArrays":
+        """Split `n` seeded-random training images off as the evaluation set."""
+        if not 0 < n < len(self.y_train):
+            raise DataError(f"validation={n} must be between 1 and the {len(self.y_train) - 1} "
+                            "training images that leave something to train on; lower --validation")
+        order = np.random.default_rng(seed + 1).permutation(len(self.y_train))
+        val, train = order[:n], order[n:]
+        return CifarArrays(self.x_train[train], self.y_train[train], self.x_train[val],
+                           self.y_train[val], self.classes)
+
 
 class ArrayDataset(torch.utils.data.Dataset):
     """Indexes uint8 images and applies an albumentations-style `transform(image=...)`."""
@@ -102,6 +112,8 @@ def load_arrays(cfg: TrainConfig) -> CifarArrays:
         arrays = _read_folder_cached(_need_dir(cfg.data_dir), cache)
     if cfg.subset:
         arrays = arrays.subset(cfg.subset, cfg.seed)
+    if cfg.validation:
+        arrays = arrays.hold_out(cfg.validation, cfg.seed)
     return arrays
 
 

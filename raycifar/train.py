@@ -261,12 +261,19 @@ def set_ray_env_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+DRIVER_SLOTS = 4  # Tune trial drivers a local cluster can hold (see raycifar.tune)
+
+
 def init_ray(address: Optional[str]) -> None:
     import ray
 
     set_ray_env_defaults()
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    if address:
         ray.init(address=address)
+    else:
+        ray.init(resources={"tune_driver": DRIVER_SLOTS})
 
 
 def placeable_workers(cpus_per_worker: int, use_gpu: bool) -> int:
@@ -317,7 +324,8 @@ def _user_error(exc: BaseException):
     return None
 
 
-def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None):
+def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
+        callbacks: Optional[list] = None):
     """Build the TorchTrainer for `cfg` and run it; returns Ray's Result."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -333,7 +341,8 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None):
                                      resources_per_worker=resources),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage_path,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=callbacks),
     )
     try:
         return trainer.fit()
@@ -361,11 +370,16 @@ def main(args) -> int:
             use_gpu = ray.cluster_resources().get("GPU", 0) > 0
         check_cluster(cfg, use_gpu, local=args.address is None)
     run = RunFolder(cfg.run_dir)
-    if run.exists("metrics.csv"):
+    resuming = run.exists("metrics.csv")
+    if resuming:
         print(f"[raycifar] {cfg.run_dir} exists: resuming from its last checkpoint "
               "(use another --name to start fresh)", flush=True)
+    cfg, lr_source = choose_lrs(cfg, args, use_gpu, resuming)
+    print(f"[raycifar] LRMAX {cfg.lr_max:.4g}, LRMIN {cfg.lr_min:.4g} from {lr_source['source']}",
+          flush=True)
     result = fit(cfg, use_gpu, {"version": __version__, "git_commit": _git_commit(),
-                                "command": " ".join(__import__("sys").argv)})
+                                "command": " ".join(__import__("sys").argv),
+                                "lr_source": lr_source})
     s = result.return_value or run.read_json("summary.json")
     if "stopped_after_epoch" in s:
         print(f"[raycifar] stopped after epoch {s['stopped_after_epoch']}; run the same command "
@@ -375,6 +389,29 @@ def main(args) -> int:
           f"{s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f} at epoch {s['best_epoch']}), "
           f"{s['images_per_second']:.0f} train images/s; run folder {cfg.run_dir}", flush=True)
     return 0
+
+
+def choose_lrs(cfg: TrainConfig, args, use_gpu: bool, resuming: bool) -> tuple[TrainConfig, dict]:
+    """LRMAX/LRMIN from the flags, an earlier finding (--lr-from) or a fresh range test."""
+    from . import tune
+
+    if args.lr_from or (args.lr == "auto" and resuming):
+        finding = tune.load_finding(args.lr_from or cfg.run_dir)
+    elif args.lr == "auto":
+        if cfg.num_workers == 0:
+            init_ray(args.address)
+        finding = tune.lr_find(cfg, use_gpu=use_gpu)
+        finding["source"] = f"range test ({finding['method']}, {cfg.run_dir}/lr_finder.json)"
+        if args.lr_search:
+            center = finding["lr_max"]
+            finding = tune.search(cfg, center, k=args.search_candidates,
+                                  epochs=args.search_epochs, use_gpu=use_gpu,
+                                  lr_min_div=center / finding["lr_min"])
+            finding["source"] = f"ASHA search ({cfg.run_dir}/best.json)"
+    else:
+        return cfg, {"source": "flags --lr-max/--lr-min", "lr_max": cfg.lr_max,
+                     "lr_min": cfg.lr_min}
+    return cfg.replace(lr_max=finding["lr_max"], lr_min=finding["lr_min"]), finding
 
 
 def build_parser():
@@ -390,6 +427,17 @@ def build_parser():
     parser.add_argument("--address", default=None,
                         help="join an existing Ray cluster ('auto' or ray://host:port); "
                              "default: start a local Ray")
+    lr = parser.add_argument_group("finding LRMAX and LRMIN")
+    lr.add_argument("--lr", choices=["manual", "auto"], default="manual",
+                    help="auto: run the LR range test first and train with its LRMAX/LRMIN "
+                         "(overrides --lr-max/--lr-min)")
+    lr.add_argument("--lr-search", action="store_true",
+                    help="with --lr auto: refine LRMAX by an ASHA search of short runs")
+    lr.add_argument("--search-candidates", type=int, default=4,
+                    help="LRMAX candidates in the search (log grid x1/4..x4)")
+    lr.add_argument("--search-epochs", type=int, default=4, help="epochs per search run")
+    lr.add_argument("--lr-from", metavar="RUN_DIR", default=None,
+                    help="reuse the LRMAX/LRMIN found in an earlier run folder")
     return parser
 
 

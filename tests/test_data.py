@@ -103,3 +103,14 @@ def test_bad_data_gets_one_line_with_the_fix(tmp_path, breakage, message):
     with pytest.raises(DataError) as e:
         load_arrays(cfg(tmp_path, data_dir=str(root)))
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_validation_holds_out_training_images(tmp_path, image_folder):
+    full = load_arrays(cfg(tmp_path, data_dir=str(image_folder)))
+    a = load_arrays(cfg(tmp_path, data_dir=str(image_folder), validation=12))
+    assert len(a.y_train) == 60 and len(a.y_test) == 12
+    rows = {r.tobytes() for r in full.x_train}
+    assert all(r.tobytes() in rows for r in a.x_test)  # evaluation images come from train
+    assert not {r.tobytes() for r in a.x_test} & {r.tobytes() for r in a.x_train}
+    with pytest.raises(DataError, match="lower --validation"):
+        load_arrays(cfg(tmp_path, data_dir=str(image_folder), validation=72))

@@ -17,7 +17,8 @@ def small_config(tmp_path, **kw) -> TrainConfig:
     data = write_folder(tmp_path / "data", n_train=24, n_test=8)
     base = dict(data_dir=str(data), cache_dir=str(tmp_path / "cache"),
                 storage_path=str(tmp_path / "runs"), name="t", epochs=3, peak_epoch=1,
-                batch_size=16, lr_max=0.2, lr_min=0.02, num_workers=2, cpus_per_worker=1,
+                batch_size=16, lr_max=0.05, lr_min=0.005, label_smoothing=0.0,
+                num_workers=2, cpus_per_worker=1,
                 loader_workers=0, precision="fp32", channels_last=False)
     return TrainConfig(**{**base, **kw})
 
@@ -41,12 +42,12 @@ def test_two_workers_train_write_the_run_folder_and_resume(tmp_path, ray_cluster
 
     cfg_json = run.read_json("config.json")
     world, spe = cfg_json["world_size"], cfg_json["steps_per_epoch"]
-    assert world == 2 and spe == 3  # 72 images / 2 workers / 8 per worker -> 3 steps
+    assert world == 2 and spe == 5  # 72 images: 36 per worker in batches of 8 -> 5 steps
     steps = run.read_csv("lr_steps.csv", required=["step", "epoch", "lr", "momentum"])
     assert [int(s["step"]) for s in steps] == list(range(3 * spe))  # no gap, no repeat
     lrs = [float(s["lr"]) for s in steps]
-    assert lrs[0] == pytest.approx(0.02) and max(lrs) == pytest.approx(0.2)
-    assert lrs[-1] == pytest.approx(0.02)
+    assert lrs[0] == pytest.approx(0.005) and max(lrs) == pytest.approx(0.05)
+    assert lrs[-1] == pytest.approx(0.005)
 
     assert summary["workers"] == 2 and summary["epochs"] == 3
     assert summary["test_images"] == 24 and summary == run.read_json("summary.json")

@@ -1,0 +1,230 @@
+"""The LR range test (Smith 2015; fastai / pytorch-lr-finder style) and its suggestions.
+
+Plain PyTorch, no Ray. The test raises the LR every step from `start_lr` to `end_lr`
+(exponentially by default), records the training loss (or, in Smith's validation mode, the loss
+on a held-out batch set), smooths it with a bias-corrected EMA and stops once the smoothed loss
+exceeds `diverge_factor` x its best. Model, optimizer and RNG state are snapshotted first and
+restored afterwards, bit for bit.
+
+Suggestions for LRMAX:
+  * ``steepest``: the LR where the smoothed loss falls fastest against log LR (minimum
+    gradient), ignoring the first `skip_start` and last `skip_end` points (early spikes and the
+    blow-up);
+  * ``valley``: fastai's rule: the longest run of decreasing smoothed loss, and the LR two thirds
+    of the way down it.
+LRMIN by a rule: ``div`` (LRMAX / `lr_min_div`, 10 by default) or ``onset`` (the LR where the
+smoothed loss first falls `onset_drop` (2%) below its starting value: Smith's base LR).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import RaycifarError
+from .engine import _to_device, autocast, make_scaler
+
+LRMAX_METHODS = ("steepest", "valley")
+LRMIN_RULES = ("div", "onset")
+
+
+class RangeTestError(RaycifarError):
+    """The range test cannot run or its curve holds no usable signal."""
+
+
+@dataclass
+class RangeTestResult:
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    lr_max: float
+    lr_min: float
+    method: str
+    lr_min_rule: str
+    stopped_early: bool
+    settings: dict = field(default_factory=dict)
+
+    def rows(self) -> list[dict]:
+        return [{"step": i, "lr": lr, "loss": l, "smoothed_loss": s}
+                for i, (lr, l, s) in enumerate(zip(self.lrs, self.losses, self.smoothed))]
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        for k in ("lrs", "losses", "smoothed"):
+            d.pop(k)
+        d["steps_run"] = len(self.lrs)
+        return d
+
+    def save(self, run) -> None:
+        """Write `lr_finder.csv` and `lr_finder.json` into a `RunFolder`."""
+        run.write_csv("lr_finder.csv", self.rows(), ["step", "lr", "loss", "smoothed_loss"])
+        run.write_json("lr_finder.json", self.summary())
+
+
+def lr_schedule(start_lr: float, end_lr: float, num_steps: int, mode: str = "exp") -> np.ndarray:
+    if not 0 < start_lr < end_lr:
+        raise RangeTestError(f"start_lr={start_lr} must be > 0 and below end_lr={end_lr}")
+    if num_steps < 10:
+        raise RangeTestError(f"num_steps={num_steps} is too few for a usable curve; use >= 10")
+    if mode == "exp":
+        return np.geomspace(start_lr, end_lr, num_steps)
+    if mode == "linear":
+        return np.linspace(start_lr, end_lr, num_steps)
+    raise RangeTestError(f"mode={mode!r} is not 'exp' or 'linear'")
+
+
+def ema(losses: Iterable[float], beta: float = 0.98) -> list[float]:
+    """Bias-corrected exponential moving average (so early values are not pulled to 0)."""
+    out, avg = [], 0.0
+    for i, x in enumerate(losses, 1):
+        avg = beta * avg + (1 - beta) * x
+        out.append(avg / (1 - beta ** i))
+    return out
+
+
+def suggest_steepest(lrs, smoothed, skip_start: int = 10, skip_end: int = 5) -> float:
+    lrs, sm = np.asarray(lrs, float), np.asarray(smoothed, float)
+    lo, hi = skip_start, len(lrs) - skip_end
+    if hi - lo < 3:
+        raise RangeTestError(f"only {len(lrs)} points: too few to find the steepest descent "
+                             f"after skipping {skip_start} + {skip_end}; run more steps")
+    grad = np.gradient(sm[lo:hi], np.log(lrs[lo:hi]))
+    return float(lrs[lo + int(np.argmin(grad))])
+
+
+def suggest_valley(lrs, smoothed) -> float:
+    """fastai's valley: longest decreasing stretch, two thirds of the way along it."""
+    sm = np.asarray(smoothed, float)
+    n = len(sm)
+    if n < 3:
+        raise RangeTestError("too few points for the valley rule; run more steps")
+    run_len, start_of = [1] * n, list(range(n))
+    for i in range(1, n):
+        for j in range(i):  # O(n^2) is fine for a few hundred points
+            if sm[i] < sm[j] and run_len[j] + 1 > run_len[i]:
+                run_len[i], start_of[i] = run_len[j] + 1, start_of[j]
+    end = int(np.argmax(run_len))
+    start = start_of[end]
+    return float(lrs[start + int(round((end - start) * 2 / 3))])
+
+
+def suggest_lr_min(lrs, smoothed, lr_max: float, rule: str = "div", div: float = 10.0,
+                   onset_drop: float = 0.02) -> float:
+    if rule == "div":
+        return lr_max / div
+    if rule == "onset":
+        sm = np.asarray(smoothed, float)
+        below = np.flatnonzero(sm < sm[0] * (1 - onset_drop))
+        if len(below) == 0:
+            raise RangeTestError("the loss never fell during the range test: no onset to take "
+                                 "LRMIN from; widen the LR range or use --lr-min-rule div")
+        return float(min(lrs[int(below[0])], lr_max / 2))
+    raise RangeTestError(f"lr_min rule {rule!r} is not one of {LRMIN_RULES}")
+
+
+def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    return {"model": copy.deepcopy(model.state_dict()),
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, s: dict) -> None:
+    model.load_state_dict(s["model"])
+    optimizer.load_state_dict(s["optimizer"])
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s["cuda"] is not None:
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable,
+               loss_fn: Callable, *, start_lr: float = 1e-4, end_lr: float = 10.0,
+               num_steps: int = 100, mode: str = "exp", beta: float = 0.98,
+               diverge_factor: float = 4.0, method: str = "steepest", lr_min_rule: str = "div",
+               lr_min_div: float = 10.0, skip_start: int = 10, skip_end: int = 5,
+               val_loader: Optional[Iterable] = None, device: torch.device = torch.device("cpu"),
+               precision: str = "fp32", channels_last: bool = False,
+               on_step: Optional[Callable[[int, float, float, float], None]] = None
+               ) -> RangeTestResult:
+    """Run the sweep (cycling `loader` as needed), restore all state, return the curve."""
+    if method not in LRMAX_METHODS:
+        raise RangeTestError(f"method={method!r} is not one of {LRMAX_METHODS}")
+    schedule = lr_schedule(start_lr, end_lr, num_steps, mode)
+    saved = _snapshot(model, optimizer)
+    scaler = make_scaler(precision, device)
+    lrs, losses, smoothed = [], [], []
+    best, stopped = math.inf, False
+    batches = _cycle(loader)
+    try:
+        for i, lr in enumerate(schedule):
+            for group in optimizer.param_groups:
+                group["lr"] = float(lr)
+            model.train()
+            x, y = _to_device(*next(batches), device, channels_last)
+            with autocast(precision, device):
+                loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            value = _val_loss(model, val_loader, loss_fn, device, precision, channels_last) \
+                if val_loader is not None else loss.item()
+            if not math.isfinite(value):
+                if i == 0:
+                    raise RangeTestError(f"the loss is {value} from the first step (lr {lr:.3g});"
+                                         " check the data and model, or lower start_lr")
+                stopped = True
+                break
+            lrs.append(float(lr))
+            losses.append(value)
+            smoothed = ema(losses, beta)
+            if on_step is not None:
+                on_step(i, float(lr), value, smoothed[-1])
+            best = min(best, smoothed[-1])
+            if smoothed[-1] > diverge_factor * best:
+                stopped = True
+                break
+    finally:
+        _restore(model, optimizer, saved)
+    suggest = suggest_steepest if method == "steepest" else suggest_valley
+    kwargs = {"skip_start": skip_start, "skip_end": skip_end} if method == "steepest" else {}
+    lr_max = suggest(lrs, smoothed, **kwargs)
+    lr_min = suggest_lr_min(lrs, smoothed, lr_max, lr_min_rule, lr_min_div)
+    settings = {"start_lr": start_lr, "end_lr": end_lr, "num_steps": num_steps, "mode": mode,
+                "beta": beta, "diverge_factor": diverge_factor, "lr_min_div": lr_min_div,
+                "validation": val_loader is not None}
+    return RangeTestResult(lrs, losses, smoothed, lr_max, lr_min, method, lr_min_rule, stopped,
+                           settings)
+
+
+def _cycle(loader: Iterable):
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise RangeTestError("the range test's loader yields no batches")
+
+
+@torch.no_grad()
+def _val_loss(model, loader, loss_fn, device, precision, channels_last) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for x, y in loader:
+        x, y = _to_device(x, y, device, channels_last)
+        with autocast(precision, device):
+            total += float(loss_fn(model(x), y)) * len(y)
+        n += len(y)
+    model.train()
+    return total / max(n, 1)

@@ -1,0 +1,258 @@
+"""Ray Tune glue: the LR range test as a Tune run, and the LRMAX search.
+
+    python -m raycifar.tune lr-find --data-dir D --name N     # writes N/lr_finder.{csv,json}
+    python -m raycifar.tune search  --data-dir D --name N     # writes N/lr_search.csv, best.json
+
+`lr-find` runs `lr_finder.range_test` inside one Tune trial and reports every step's loss to
+Tune (so the curve shows in the dashboard and in Tune's results). `search` tries K LRMAX
+candidates on a log grid around the range test's suggestion, each a short One Cycle run (a
+TorchTrainer launched from a Tune function trainable, Ray 2.60 style) with the same peak
+fraction, evaluated on a held-out slice of the training set; ASHA stops the weak ones.
+
+Trials hold a custom `tune_driver` resource instead of a CPU, so two concurrent trials on a
+2-CPU machine do not deadlock waiting for their own Train workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import RaycifarError, TrainConfig
+from .data import ArrayDataset, load_arrays
+from .engine import resolve_precision
+from .lr_finder import range_test
+from .model import CustomResNet
+from .runs import RunFolder, RunFolderError
+from .transforms import train_transform
+
+DRIVER_RESOURCE = "tune_driver"
+RANGE_TEST_DEFAULTS = {"start_lr": 1e-4, "end_lr": 10.0, "num_steps": 100, "mode": "exp",
+                       "method": "steepest", "lr_min_rule": "div", "lr_min_div": 10.0}
+
+
+def range_test_trainable(config: dict) -> None:
+    """One Tune trial: the range test on the training data; every step reported to Tune."""
+    from ray import tune
+
+    cfg = TrainConfig.from_dict(config["train"])
+    settings = {**RANGE_TEST_DEFAULTS, **config.get("range_test", {})}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.cpus_per_worker)
+    torch.manual_seed(cfg.seed)
+    arrays = load_arrays(cfg)
+    mean, std = arrays.mean_std()
+    loader = torch.utils.data.DataLoader(
+        ArrayDataset(arrays.x_train, arrays.y_train, train_transform(mean, std)),
+        batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.loader_workers)
+    model = CustomResNet(len(arrays.classes), cfg.logit_scale).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    from .train import make_optimizer
+
+    result = range_test(
+        model, make_optimizer(cfg, model), loader,
+        nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device=device,
+        precision=resolve_precision(cfg.precision, device), channels_last=cfg.channels_last,
+        on_step=lambda i, lr, loss, sm: tune.report(                        # Ray: to Tune
+            {"step": i, "lr": lr, "loss": loss, "smoothed_loss": sm}),
+        **settings)
+    result.settings.update(batch_size=cfg.batch_size, train_images=len(arrays.y_train))
+    result.save(RunFolder(cfg.run_dir))
+
+
+def _driver_slots() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get(DRIVER_RESOURCE, 0))
+
+
+def lr_find(cfg: TrainConfig, settings: Optional[dict] = None, use_gpu: bool = False) -> dict:
+    """Run the range test as a Tune run; returns (and leaves in the run folder) its finding."""
+    from ray import tune
+
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    tuner = tune.Tuner(
+        tune.with_resources(range_test_trainable, resources),
+        param_space={"train": cfg.to_dict(), "range_test": settings or {}},
+        run_config=tune.RunConfig(name=f"{cfg.name}-lr-find", storage_path=cfg.storage_path,
+                                  verbose=0),
+    )
+    grid = tuner.fit()
+    _raise_trial_errors(grid)
+    finding = RunFolder(cfg.run_dir).read_json("lr_finder.json")
+    finding["tune_steps_reported"] = len(grid[0].metrics_dataframe)
+    return finding
+
+
+def search_trainable(config: dict) -> None:
+    """One Tune trial: a short One Cycle run with this trial's LRMAX, under Ray Train."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .train import fit
+
+    cfg = TrainConfig.from_dict(config["train"])
+    lr_max = float(config["lr_max"])
+    trial = tune.get_context().get_trial_id()
+    cfg = cfg.replace(lr_max=lr_max, lr_min=lr_max / config["lr_min_div"],
+                      name=f"{cfg.name}-trial-{trial}")
+    fit(cfg, config.get("use_gpu", False), callbacks=[TuneReportCallback()])
+
+
+def candidates(center: float, k: int, span: float = 4.0) -> list[float]:
+    """k LRs on a log grid from center/span to center*span (center included when k is odd)."""
+    if k == 1:
+        return [center]
+    return [float(x) for x in np.geomspace(center / span, center * span, k)]
+
+
+def search(cfg: TrainConfig, center: float, k: int = 4, epochs: int = 4, lr_min_div: float = 10,
+           validation: int = 5000, use_gpu: bool = False, span: float = 4.0) -> dict:
+    """ASHA over K short runs; writes lr_search.csv and best.json under cfg.run_dir."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    peak = max(1, round(epochs * cfg.peak_epoch / cfg.epochs))
+    short = cfg.replace(epochs=epochs, peak_epoch=min(peak, epochs - 1), stop_after_epoch=0,
+                        validation=validation)
+    grid_lrs = candidates(center, k, span)
+    import ray
+
+    per_trial = cfg.num_workers * cfg.cpus_per_worker
+    cpu_room = int(ray.cluster_resources().get("CPU", 0) // max(per_trial, 1))
+    # Never more trials at once than drivers or CPUs for their Train workers: a Train run that
+    # waits for CPUs held by its sibling trials would time out instead of queueing in Tune.
+    slots = max(1, min(_driver_slots(), k, cpu_room))
+    tuner = tune.Tuner(
+        tune.with_resources(search_trainable, {"CPU": 0, DRIVER_RESOURCE: 1}),
+        param_space={"train": short.to_dict(), "lr_max": tune.grid_search(grid_lrs),
+                     "lr_min_div": lr_min_div, "use_gpu": use_gpu},
+        tune_config=tune.TuneConfig(
+            # ASHA ranks by held-out loss: continuous, so no ties on a small held-out set; the
+            # winner is then picked by held-out accuracy among the runs that went the distance.
+            metric="test_loss", mode="min", max_concurrent_trials=slots,
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                                    grace_period=1, reduction_factor=2)),
+        run_config=tune.RunConfig(name=f"{cfg.name}-lr-search", storage_path=cfg.storage_path,
+                                  verbose=0),
+    )
+    grid = tuner.fit()
+    _raise_trial_errors(grid)
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        rows.append({"lr_max": r.config["lr_max"], "lr_min": r.config["lr_max"] / lr_min_div,
+                     "epochs_run": m.get("training_iteration", 0),
+                     "held_out_acc": m.get("test_acc", float("nan")),
+                     "held_out_loss": m.get("test_loss", float("nan"))})
+    rows.sort(key=lambda r: r["lr_max"])
+    best = max(rows, key=lambda r: (r["epochs_run"], _finite(r["held_out_acc"]),
+                                    _finite(-r["held_out_loss"])))
+    run = RunFolder(cfg.run_dir)
+    run.write_csv("lr_search.csv", rows, list(rows[0]))
+    finding = {"lr_max": best["lr_max"], "lr_min": best["lr_min"], "method": "asha-search",
+               "held_out_acc": best["held_out_acc"], "candidates": grid_lrs,
+               "search_epochs": epochs, "validation_images": validation, "center": center}
+    run.write_json("best.json", finding)
+    return finding
+
+
+def _finite(x: float) -> float:
+    """NaN (a trial that reported nothing) ranks last."""
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else -math.inf
+
+
+def _raise_trial_errors(grid) -> None:
+    from .train import _user_error
+
+    for err in grid.errors:
+        user = _user_error(err)
+        raise (type(user)(str(user)) if user else RaycifarError(f"a Tune trial failed: {err}"))
+
+
+def load_finding(run_dir: str) -> dict:
+    """LRMIN/LRMAX found in an earlier run folder (the search's best.json wins)."""
+    run = RunFolder(run_dir)
+    for name in ("best.json", "lr_finder.json"):
+        if run.exists(name):
+            f = run.read_json(name)
+            return {"lr_max": float(f["lr_max"]), "lr_min": float(f["lr_min"]),
+                    "source": f"{run_dir}/{name}", "method": f.get("method")}
+    raise RunFolderError(f"{run_dir} holds no lr_finder.json or best.json; run "
+                         "`python -m raycifar.tune lr-find` there first, or pass --lr-max/--lr-min")
+
+
+def build_parser():
+    import argparse
+
+    from .cli import add_config_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m raycifar.tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    find = sub.add_parser("lr-find", help="the LR range test as a Tune run")
+    srch = sub.add_parser("search", help="range test, then the ASHA search of LRMAX")
+    for p in (find, srch):
+        add_config_arguments(p)
+        p.add_argument("--address", default=None, help="join an existing Ray cluster")
+        p.add_argument("--start-lr", type=float, default=RANGE_TEST_DEFAULTS["start_lr"])
+        p.add_argument("--end-lr", type=float, default=RANGE_TEST_DEFAULTS["end_lr"])
+        p.add_argument("--num-steps", type=int, default=RANGE_TEST_DEFAULTS["num_steps"])
+        p.add_argument("--sweep", choices=["exp", "linear"], default="exp")
+        p.add_argument("--method", choices=["steepest", "valley"], default="steepest",
+                       help="how LRMAX is read off the curve")
+        p.add_argument("--lr-min-rule", choices=["div", "onset"], default="div",
+                       help="LRMIN = LRMAX / --lr-min-div, or where the loss starts to fall")
+        p.add_argument("--lr-min-div", type=float, default=10.0)
+        p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    srch.add_argument("--candidates", type=int, default=4)
+    srch.add_argument("--search-epochs", type=int, default=4)
+    srch.add_argument("--holdout", type=int, default=5000,
+                      help="training images held out to rank the candidates")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import sys
+    import traceback
+
+    from .cli import config_from_args
+    from .train import init_ray
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        load_arrays(cfg)  # fail fast on bad data, before Ray starts
+        init_ray(args.address)
+        settings = {"start_lr": args.start_lr, "end_lr": args.end_lr,
+                    "num_steps": args.num_steps, "mode": args.sweep, "method": args.method,
+                    "lr_min_rule": args.lr_min_rule, "lr_min_div": args.lr_min_div}
+        finding = lr_find(cfg, settings)
+        print(f"[raycifar] range test: LRMAX {finding['lr_max']:.4g}, LRMIN "
+              f"{finding['lr_min']:.4g} ({finding['method']}); {cfg.run_dir}/lr_finder.csv")
+        if args.command == "search":
+            best = search(cfg, finding["lr_max"], k=args.candidates, epochs=args.search_epochs,
+                          validation=args.holdout,
+                          lr_min_div=finding["lr_max"] / finding["lr_min"])
+            print(f"[raycifar] search: LRMAX {best['lr_max']:.4g}, LRMIN {best['lr_min']:.4g}, "
+                  f"held-out accuracy {best['held_out_acc']:.4f}; {cfg.run_dir}/best.json")
+        return 0
+    except RaycifarError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    from raycifar import tune as _module  # pickle trainables by reference, not from __main__
+
+    raise SystemExit(_module.main())

@@ -1,0 +1,140 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from raycifar.lr_finder import (RangeTestError, ema, lr_schedule, range_test, suggest_lr_min,
+                                suggest_steepest, suggest_valley)
+
+
+def synthetic_curve(n=200, lo=1e-4, hi=10.0, knee=0.1, noise=0.0, seed=0):
+    """Flat, then a sigmoid drop centred at `knee` (steepest there), then a blow-up."""
+    lrs = np.geomspace(lo, hi, n)
+    x = np.log10(lrs / knee)
+    loss = 2.3 - 1.5 / (1 + np.exp(-3 * x)) + np.where(lrs > 3 * knee, (lrs / (3 * knee)) ** 2 - 1, 0)
+    rng = np.random.default_rng(seed)
+    return lrs, loss + rng.normal(0, noise, n)
+
+
+def test_sweeps_are_exponential_or_linear():
+    e = lr_schedule(1e-3, 1.0, 10)
+    assert e[0] == pytest.approx(1e-3) and e[-1] == pytest.approx(1.0)
+    assert e[1] / e[0] == pytest.approx(e[2] / e[1])
+    lin = lr_schedule(0.1, 1.0, 10, "linear")
+    assert np.diff(lin) == pytest.approx(np.full(9, 0.1))
+
+
+@pytest.mark.parametrize("args, message", [
+    ((1.0, 0.1, 100), "must be > 0 and below end_lr"),
+    ((1e-4, 1.0, 5), "num_steps=5 is too few"),
+])
+def test_bad_sweeps(args, message):
+    with pytest.raises(RangeTestError, match=message):
+        lr_schedule(*args)
+
+
+def test_ema_is_bias_corrected():
+    assert ema([5.0, 5.0, 5.0]) == pytest.approx([5.0, 5.0, 5.0])
+
+
+@pytest.mark.parametrize("knee", [0.01, 0.1, 0.5])
+def test_steepest_finds_the_knee_of_a_clean_curve(knee):
+    lrs, loss = synthetic_curve(knee=knee)
+    assert suggest_steepest(lrs, loss) == pytest.approx(knee, rel=0.1)
+
+
+def test_steepest_on_a_noisy_curve_after_smoothing():
+    lrs, loss = synthetic_curve(noise=0.05, knee=0.1)
+    got = suggest_steepest(lrs, ema(loss, 0.9))
+    assert 0.03 < got < 0.3  # the EMA lags a little; within half a decade
+
+
+def test_steepest_ignores_an_early_spike():
+    lrs, loss = synthetic_curve(knee=0.1)
+    loss[:5] = [9.0, 1.0, 9.0, 1.0, 9.0]
+    assert suggest_steepest(lrs, loss, skip_start=10) == pytest.approx(0.1, rel=0.1)
+
+
+def test_valley_is_two_thirds_down_the_longest_descent():
+    lrs, loss = synthetic_curve(knee=0.1)
+    bottom = int(np.argmin(loss))  # the sigmoid falls from the first point to the bottom
+    want = lrs[int(round(bottom * 2 / 3))]
+    assert suggest_valley(lrs, loss) == pytest.approx(want)
+    assert loss[lrs == suggest_valley(lrs, loss)][0] < loss[0]
+
+
+def test_lr_min_rules():
+    lrs, loss = synthetic_curve(knee=0.1)
+    assert suggest_lr_min(lrs, loss, 0.4, "div") == pytest.approx(0.04)
+    onset = suggest_lr_min(lrs, loss, 0.4, "onset")
+    assert 1e-3 < onset < 0.05
+    with pytest.raises(RangeTestError, match="never fell"):
+        suggest_lr_min(lrs, np.full(len(lrs), 2.0), 0.4, "onset")
+
+
+def problem():
+    torch.manual_seed(0)
+    x = torch.randn(256, 3, 8, 8)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    loader = list(zip(x.split(32), y.split(32)))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                          nn.Linear(32, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    return model, opt, loader
+
+
+def test_range_test_restores_model_optimizer_and_rng_bit_for_bit():
+    model, opt, loader = problem()
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(loader[0][0]), loader[0][1]).backward()
+    opt.step()  # give the optimizer momentum buffers worth restoring
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt_before = {k: v["momentum_buffer"].clone() for k, v in opt.state_dict()["state"].items()}
+    rng_before = torch.get_rng_state()
+    res = range_test(model, opt, loader, nn.CrossEntropyLoss(), start_lr=1e-3, end_lr=10,
+                     num_steps=60)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for k, v in opt.state_dict()["state"].items():
+        assert torch.equal(v["momentum_buffer"], opt_before[k])
+    assert opt.param_groups[0]["lr"] == 0.01
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert 1e-3 <= res.lr_min < res.lr_max <= 10
+    assert res.lr_min == pytest.approx(res.lr_max / 10)
+    assert len(res.lrs) == len(res.losses) == len(res.smoothed) <= 60
+
+
+def test_range_test_stops_on_divergence():
+    model, opt, loader = problem()
+    res = range_test(model, opt, loader, nn.CrossEntropyLoss(), start_lr=1e-2, end_lr=1e4,
+                     num_steps=100)
+    assert res.stopped_early and len(res.lrs) < 100
+
+
+def test_validation_mode_records_held_out_loss():
+    model, opt, loader = problem()
+    res = range_test(model, opt, loader[:4], nn.CrossEntropyLoss(), start_lr=1e-3, end_lr=1,
+                     num_steps=20, val_loader=loader[4:], skip_start=2, skip_end=2)
+    assert res.settings["validation"] and len(res.losses) == 20
+
+
+def test_nan_from_the_first_step_is_a_clear_error():
+    model, opt, loader = problem()
+    with pytest.raises(RangeTestError, match="from the first step"):
+        range_test(model, opt, loader, lambda out, y: out.sum() * math.nan, num_steps=20)
+
+
+def test_results_written_to_run_folder(tmp_path):
+    from raycifar.runs import RunFolder
+
+    model, opt, loader = problem()
+    res = range_test(model, opt, loader, nn.CrossEntropyLoss(), start_lr=1e-3, end_lr=10,
+                     num_steps=30, skip_start=3, skip_end=2)
+    run = RunFolder(str(tmp_path / "run"))
+    res.save(run)
+    rows = run.read_csv("lr_finder.csv", ["lr", "loss", "smoothed_loss"])
+    assert len(rows) == len(res.lrs)
+    info = run.read_json("lr_finder.json")
+    assert info["lr_max"] == res.lr_max and info["method"] == "steepest"
