@@ -114,7 +114,8 @@ def candidates(center: float, k: int, span: float = 4.0) -> list[float]:
 
 
 def search(cfg: TrainConfig, center: float, k: int = 4, epochs: int = 4, lr_min_div: float = 10,
-           validation: int = 5000, use_gpu: bool = False, span: float = 4.0) -> dict:
+           validation: int = 5000, use_gpu: bool = False, span: float = 4.0,
+           lrs: Optional[list[float]] = None) -> dict:
     """ASHA over K short runs; writes lr_search.csv and best.json under cfg.run_dir."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -122,7 +123,8 @@ def search(cfg: TrainConfig, center: float, k: int = 4, epochs: int = 4, lr_min_
     peak = max(1, round(epochs * cfg.peak_epoch / cfg.epochs))
     short = cfg.replace(epochs=epochs, peak_epoch=min(peak, epochs - 1), stop_after_epoch=0,
                         validation=validation)
-    grid_lrs = candidates(center, k, span)
+    grid_lrs = lrs or candidates(center, k, span)
+    k = len(grid_lrs)
     import ray
 
     per_trial = cfg.num_workers * cfg.cpus_per_worker

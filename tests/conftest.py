@@ -69,7 +69,8 @@ def ray_cluster():
     """One local Ray with 2 CPUs for every test that needs a real cluster."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=True,
-             _temp_dir=None, configure_logging=False)
+    # the dashboard stays on: its state API is what frees the placement groups of trials that
+    # Tune stops early; tune_driver slots let Tune trials run without holding a CPU
+    ray.init(num_cpus=2, include_dashboard=True, resources={"tune_driver": 4})
     yield ray
     ray.shutdown()

@@ -1,0 +1,65 @@
+"""Ray Tune for real on a local Ray: the range test as a Tune run, and the ASHA LR search."""
+
+import time
+
+import pytest
+
+from raycifar.config import TrainConfig
+from raycifar.runs import RunFolder, RunFolderError
+from raycifar.tune import candidates, load_finding, lr_find, search
+
+from conftest import write_folder
+
+pytestmark = pytest.mark.ray
+
+
+def tiny_config(tmp_path, **kw) -> TrainConfig:
+    data = write_folder(tmp_path / "data", n_train=24, n_test=8)
+    base = dict(data_dir=str(data), cache_dir=str(tmp_path / "cache"),
+                storage_path=str(tmp_path / "runs"), name="tune", epochs=24, peak_epoch=5,
+                batch_size=16, label_smoothing=0.0, num_workers=1, cpus_per_worker=1,
+                loader_workers=0, precision="fp32", channels_last=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_candidates_are_a_log_grid_around_the_center():
+    assert candidates(0.4, 3, span=4) == pytest.approx([0.1, 0.4, 1.6])
+    assert candidates(0.4, 1) == [0.4]
+
+
+def test_lr_find_runs_as_a_tune_trial_and_writes_the_finding(tmp_path, ray_cluster):
+    cfg = tiny_config(tmp_path)
+    finding = lr_find(cfg, {"start_lr": 1e-3, "end_lr": 1.0, "num_steps": 15,
+                            "skip_start": 2, "skip_end": 2})
+    run = RunFolder(cfg.run_dir)
+    rows = run.read_csv("lr_finder.csv", ["lr", "loss", "smoothed_loss"])
+    assert 3 <= len(rows) <= 15
+    assert finding["tune_steps_reported"] == len(rows)  # every step reached Tune
+    assert 1e-3 <= finding["lr_min"] < finding["lr_max"] <= 1.0
+    assert load_finding(cfg.run_dir)["lr_max"] == finding["lr_max"]
+
+
+def test_search_runs_two_trials_at_once_and_asha_stops_free_their_cpus(tmp_path, ray_cluster):
+    cfg = tiny_config(tmp_path, name="search")
+    # Two good LRs first; the two hopeless ones reach ASHA's rung after good results are
+    # recorded, so they are stopped, and the last one can only run if a stopped trial's CPU
+    # came back (2 CPUs, 1 per trial).
+    lrs = [0.05, 0.03, 1e-7, 2e-7]
+    started = time.perf_counter()
+    best = search(cfg, center=0.05, epochs=3, validation=12, lrs=lrs)
+    seconds = time.perf_counter() - started
+    rows = RunFolder(cfg.run_dir).read_csv("lr_search.csv", ["lr_max", "epochs_run"])
+    assert sorted(float(r["lr_max"]) for r in rows) == sorted(lrs)
+    runs = {float(r["lr_max"]): int(r["epochs_run"]) for r in rows}
+    assert runs[1e-7] < 3 and runs[2e-7] < 3  # stopped by ASHA
+    assert best["lr_max"] in (0.05, 0.03) and best["lr_min"] == pytest.approx(best["lr_max"] / 10)
+    deadline = time.time() + 30
+    while ray_cluster.available_resources().get("CPU", 0) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray_cluster.available_resources().get("CPU", 0) == 2  # nothing leaked
+    assert seconds < 600
+
+
+def test_lr_from_a_folder_without_a_finding_is_a_clear_error(tmp_path):
+    with pytest.raises(RunFolderError, match="holds no lr_finder.json or best.json"):
+        load_finding(str(tmp_path))
