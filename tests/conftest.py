@@ -64,13 +64,44 @@ def image_folder(tmp_path: Path) -> Path:
     return write_folder(tmp_path / "data")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray with 2 CPUs for every test that needs a real cluster."""
+    """One local Ray head (2 CPUs, 4 Tune driver slots) for every test that needs a cluster.
+
+    Started with `ray start` on a port of its own and its own temp dir, and every job's workers
+    get RAY_ADDRESS: Ray Train's placement-group cleaner looks the cluster up by address, and
+    with a second Ray on the machine (a developer's training run) "auto" would be ambiguous,
+    leaking the CPUs of trials that Tune stops. The dashboard stays on: its state API is what
+    the cleaner queries.
+    """
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
     import ray
 
-    # the dashboard stays on: its state API is what frees the placement groups of trials that
-    # Tune stops early; tune_driver slots let Tune trials run without holding a CPU
-    ray.init(num_cpus=2, include_dashboard=True, resources={"tune_driver": 4})
-    yield ray
-    ray.shutdown()
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    temp = tempfile.mkdtemp(prefix="rc-ray-", dir="/tmp")  # short: Ray's socket paths are capped
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
+                    "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    '--resources={"tune_driver": 4}', "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={_free_port()}", f"--temp-dir={temp}",
+                    "--disable-usage-stats"], check=True, capture_output=True)
+    try:
+        ray.init(address=address, runtime_env={"env_vars": {"RAY_ADDRESS": address}})
+        yield ray
+    finally:
+        ray.shutdown()
+        # `ray stop` would stop every Ray on the machine; stop only this head's processes.
+        subprocess.run(["pkill", "-f", temp], check=False)
+        shutil.rmtree(temp, ignore_errors=True)
