@@ -70,3 +70,25 @@ class OneCycle:
             three_phase=False,
             cycle_momentum=cycle_momentum,
         )
+
+
+def triangular_lrs(base_lr: float, max_lr: float, step_size: int, cycles: int) -> list[float]:
+    """Per-iteration LR of torch's triangular CyclicLR over `cycles` full cycles.
+
+    Iteration 0 is at base_lr, iteration `step_size` at max_lr, `2 * step_size` back at base_lr;
+    the list holds 2 * step_size * cycles + 1 values so the curve ends where it started.
+    """
+    if step_size < 1 or cycles < 1 or not 0 <= base_lr < max_lr:
+        raise ValueError(f"need step_size >= 1, cycles >= 1 and 0 <= base_lr < max_lr; got "
+                         f"step_size={step_size}, cycles={cycles}, base_lr={base_lr}, "
+                         f"max_lr={max_lr}")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
+    scheduler = torch.optim.lr_scheduler.CyclicLR(
+        optimizer, base_lr=base_lr, max_lr=max_lr, step_size_up=step_size,
+        mode="triangular", cycle_momentum=False)
+    lrs = []
+    for _ in range(2 * step_size * cycles + 1):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # torch warns when the scheduler steps before the optimizer
+        scheduler.step()
+    return lrs

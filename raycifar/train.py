@@ -15,6 +15,7 @@ Ray's own `checkpoint_*` folders sit beside them; a re-run with the same name re
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import tempfile
@@ -217,7 +218,6 @@ def _finish(cfg: TrainConfig, model: nn.Module, test_loader, test_idx: np.ndarra
                   classes=np.array(arrays.classes), wrong_index=wrong,
                   wrong_images=arrays.x_test[wrong])
     bare = model.module if hasattr(model, "module") else model
-    import io
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in bare.state_dict().items()}, buf)
     run.write_bytes("model.pt", buf.getvalue())

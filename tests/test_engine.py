@@ -53,7 +53,7 @@ def test_evaluate_counts_and_tta_uses_the_mirror():
     assert ev["count"] == 64
     assert ev["accuracy"] == ev["accuracy_plain"]
     assert torch.allclose(ev["probs"].sum(1), torch.ones(64))
-    # a model that only sees the left half flips its view under TTA
+    # TTA averages in the mirrored batch: same plain accuracy, different probabilities
     ev_tta = evaluate(model, batches, device=torch.device("cpu"), tta=True)
     assert ev_tta["accuracy_plain"] == ev["accuracy"]
     assert not torch.allclose(ev_tta["probs"], ev["probs"])

@@ -1,0 +1,48 @@
+"""Draw a finished run's report: PNG plots and a report.md that links them.
+
+    python jobs/report.py ~/raycifar_runs/cifar10-onecycle
+    python jobs/report.py s3://bucket/runs/cifar10-onecycle --out reports/onecycle
+
+The work is in `raycifar.report`; this script only parses flags and prints where the report went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from raycifar.cli import run_cli
+
+
+def default_out(run: str) -> str:
+    """`<run>/report` for a local run; `./report-<run name>` for a run on cloud storage."""
+    if "://" in run:
+        return os.path.abspath(f"report-{run.rstrip('/').rsplit('/', 1)[-1]}")
+    return os.path.join(os.path.abspath(os.path.expanduser(run)), "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobs/report.py",
+        description="Write the plots (LR range test, One Cycle and triangular LR, training "
+                    "curves, misclassified images, confusion matrix) and report.md of a run.")
+    parser.add_argument("run", help="the run folder, <storage_path>/<name>: a local path or a "
+                                    "URI (s3://, gs://)")
+    parser.add_argument("--out", default=None,
+                        help="local folder for the PNGs and report.md (default: <run>/report "
+                             "for a local run, ./report-<name> for a run on cloud storage)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    from raycifar.report import write_report
+
+    run = args.run if "://" in args.run else os.path.expanduser(args.run)
+    path = write_report(run, args.out or default_out(args.run))
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, build_parser()))
