@@ -214,6 +214,13 @@ def build_parser():
                        help="LRMIN = LRMAX / --lr-min-div, or where the loss starts to fall")
         p.add_argument("--lr-min-div", type=float, default=10.0)
         p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    tri = sub.add_parser("triangle", help="plot a triangular cyclic LR (torch CyclicLR)")
+    tri.add_argument("--base-lr", type=float, default=0.004)
+    tri.add_argument("--max-lr", type=float, default=0.4)
+    tri.add_argument("--step-size", type=int, default=176, help="iterations per half cycle")
+    tri.add_argument("--cycles", type=int, default=3)
+    tri.add_argument("--out", default="triangular_lr.png", help="PNG to write")
+    tri.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     srch.add_argument("--candidates", type=int, default=4)
     srch.add_argument("--search-epochs", type=int, default=4)
     srch.add_argument("--holdout", type=int, default=5000,
@@ -230,6 +237,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "triangle":
+        return _triangle(args, parser.prog)
     try:
         cfg = config_from_args(args)
         load_arrays(cfg)  # fail fast on bad data, before Ray starts
@@ -252,6 +261,23 @@ def main(argv: Optional[list[str]] = None) -> int:
             traceback.print_exc()
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _triangle(args, prog: str) -> int:
+    import sys
+    from pathlib import Path
+
+    from .report import draw_triangular
+    from .schedule import triangular_lrs
+
+    try:
+        lrs = triangular_lrs(args.base_lr, args.max_lr, args.step_size, args.cycles)
+    except ValueError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    out = draw_triangular(args.step_size, lrs, Path(args.out))
+    print(f"[raycifar] {len(lrs)} iterations, LR {args.base_lr:g} to {args.max_lr:g}; wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -36,3 +36,15 @@ def test_step_size_one_alternates():
 def test_bad_arguments_are_refused(args):
     with pytest.raises(ValueError, match="base_lr < max_lr"):
         triangular_lrs(*args)
+
+
+def test_triangle_cli_writes_the_plot_and_rejects_bad_bounds(tmp_path, capsys):
+    from raycifar.tune import main
+
+    out = tmp_path / "tri.png"
+    assert main(["triangle", "--base-lr", "0.01", "--max-lr", "0.1", "--step-size", "10",
+                 "--cycles", "2", "--out", str(out)]) == 0
+    assert out.stat().st_size > 5000
+    assert "41 iterations" in capsys.readouterr().out
+    assert main(["triangle", "--base-lr", "1", "--max-lr", "0.1", "--out", str(out)]) == 2
+    assert "error: need step_size" in capsys.readouterr().err
