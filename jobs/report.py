@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from raycifar.cli import run_cli
+from raycifar.cli import add_debug_flag, run_cli
 
 
 def default_out(run: str) -> str:
@@ -24,7 +24,7 @@ def default_out(run: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="jobs/report.py",
+        prog="jobs/report.py", allow_abbrev=False,
         description="Write the plots (LR range test, One Cycle and triangular LR, training "
                     "curves, misclassified images, confusion matrix) and report.md of a run.")
     parser.add_argument("run", help="the run folder, <storage_path>/<name>: a local path or a "
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None,
                         help="local folder for the PNGs and report.md (default: <run>/report "
                              "for a local run, ./report-<name> for a run on cloud storage)")
+    add_debug_flag(parser)
     return parser
 
 

@@ -46,6 +46,8 @@ HELP = {
     "use_gpu": "train on GPUs (default: when the cluster has any)",
     "storage_path": "where run folders go: an absolute path or a URI (s3://, gs://); "
                     "a relative path is made absolute",
+    "shared_storage": "--storage-path is a folder every node mounts at the same path (NFS, a "
+                      "ReadWriteMany volume); allows a local path on a multi-node cluster",
     "name": "run name; a re-run with the same name resumes from its last checkpoint",
     "max_failures": "restart the worker group this many times after a failure (-1 = always)",
 }
@@ -75,15 +77,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
             argv: Optional[list[str]] = None) -> int:
     """Parse, run, and turn user-fixable errors into one line on stderr and exit code 2."""
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = parser.parse_args(argv)
     try:
         return main(args)
     except RaycifarError as e:
-        if args.debug:
+        if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

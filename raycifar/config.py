@@ -75,6 +75,7 @@ class TrainConfig:
     cpus_per_worker: int = 2
     use_gpu: Optional[bool] = None        # None: use GPUs when the cluster has them
     storage_path: str = "~/raycifar_runs" # absolute path or URI (s3://, gs://)
+    shared_storage: bool = False          # a local storage_path every node mounts (NFS)
     name: str = "cifar10-onecycle"
     max_failures: int = 0                 # whole-group restarts before giving up
 

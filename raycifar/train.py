@@ -276,61 +276,13 @@ def init_ray(address: Optional[str]) -> None:
         ray.init(resources={"tune_driver": DRIVER_SLOTS})
 
 
-def placeable_workers(cpus_per_worker: int, use_gpu: bool) -> int:
-    """How many workers of this shape the cluster's live nodes can hold at once."""
-    import ray
-
-    total = 0
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        res = node.get("Resources", {})
-        fit = int(res.get("CPU", 0) // cpus_per_worker)
-        if use_gpu:
-            fit = min(fit, int(res.get("GPU", 0)))
-        total += fit
-    return total
-
-
-def check_cluster(cfg: TrainConfig, use_gpu: bool, local: bool) -> None:
-    """Refuse (local) or warn (an autoscaling cluster may grow) when workers cannot be placed."""
-    from .config import RaycifarError
-
-    room = placeable_workers(cfg.cpus_per_worker, use_gpu)
-    if room >= cfg.num_workers:
-        return
-    shape = f"{cfg.cpus_per_worker} CPU" + (" + 1 GPU" if use_gpu else "")
-    msg = (f"{cfg.num_workers} workers of {shape} each cannot be placed: the cluster has room "
-           f"for {room}; lower --num-workers or --cpus-per-worker")
-    if local:
-        raise RaycifarError(msg)
-    print(f"[raycifar] warning: {msg} (waiting for the autoscaler)", flush=True)
-
-
-def _user_error(exc: BaseException):
-    """The RaycifarError a worker raised, if that is what failed the run."""
-    from .config import RaycifarError
-
-    seen, todo = set(), [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, RaycifarError):
-            return e
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-        todo += list(getattr(e, "worker_failures", {}).values())
-    return None
-
-
 def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
         callbacks: Optional[list] = None):
     """Build the TorchTrainer for `cfg` and run it; returns Ray's Result."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from .config import RaycifarError
+    from .cluster import user_error
 
     meta = meta or {"version": __version__, "git_commit": _git_commit()}
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
@@ -347,7 +299,7 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
     try:
         return trainer.fit()
     except Exception as e:
-        user = _user_error(e)
+        user = user_error(e)
         if user is not None:
             raise type(user)(str(user)) from e
         raise
@@ -355,6 +307,7 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
 
 def main(args) -> int:
     from .cli import config_from_args
+    from .cluster import check_placement, check_shared_storage
 
     cfg = config_from_args(args)
     started = time.perf_counter()
@@ -368,7 +321,10 @@ def main(args) -> int:
         init_ray(args.address)
         if cfg.use_gpu is None:
             use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        check_cluster(cfg, use_gpu, local=args.address is None)
+        room = check_placement(cfg, ray.nodes(), use_gpu, local=args.address is None)
+        # an autoscaling cluster that cannot place the workers yet will add nodes for them
+        check_shared_storage(cfg.storage_path, ray.nodes(), shared=cfg.shared_storage,
+                             expected_nodes=2 if room < cfg.num_workers else 0)
     run = RunFolder(cfg.run_dir)
     resuming = run.exists("metrics.csv")
     if resuming:
@@ -417,12 +373,12 @@ def choose_lrs(cfg: TrainConfig, args, use_gpu: bool, resuming: bool) -> tuple[T
 def build_parser():
     import argparse
 
-    from .cli import add_config_arguments
+    from .cli import add_config_arguments, add_debug_flag
 
     parser = argparse.ArgumentParser(
         prog="python -m raycifar.train",
         description="Train the custom ResNet on CIFAR-10 with One Cycle under Ray Train.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add_config_arguments(parser)
     parser.add_argument("--address", default=None,
                         help="join an existing Ray cluster ('auto' or ray://host:port); "
@@ -438,6 +394,7 @@ def build_parser():
     lr.add_argument("--search-epochs", type=int, default=4, help="epochs per search run")
     lr.add_argument("--lr-from", metavar="RUN_DIR", default=None,
                     help="reuse the LRMAX/LRMIN found in an earlier run folder")
+    add_debug_flag(parser)
     return parser
 
 

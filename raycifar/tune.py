@@ -172,10 +172,10 @@ def _finite(x: float) -> float:
 
 
 def _raise_trial_errors(grid) -> None:
-    from .train import _user_error
+    from .cluster import user_error
 
     for err in grid.errors:
-        user = _user_error(err)
+        user = user_error(err)
         raise (type(user)(str(user)) if user else RaycifarError(f"a Tune trial failed: {err}"))
 
 
@@ -194,13 +194,15 @@ def load_finding(run_dir: str) -> dict:
 def build_parser():
     import argparse
 
-    from .cli import add_config_arguments
+    from .cli import add_config_arguments, add_debug_flag
 
     parser = argparse.ArgumentParser(prog="python -m raycifar.tune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    find = sub.add_parser("lr-find", help="the LR range test as a Tune run")
-    srch = sub.add_parser("search", help="range test, then the ASHA search of LRMAX")
+    find = sub.add_parser("lr-find", help="the LR range test as a Tune run", allow_abbrev=False)
+    srch = sub.add_parser("search", help="range test, then the ASHA search of LRMAX",
+                          allow_abbrev=False)
     for p in (find, srch):
         add_config_arguments(p)
         p.add_argument("--address", default=None, help="join an existing Ray cluster")
@@ -213,14 +215,15 @@ def build_parser():
         p.add_argument("--lr-min-rule", choices=["div", "onset"], default="div",
                        help="LRMIN = LRMAX / --lr-min-div, or where the loss starts to fall")
         p.add_argument("--lr-min-div", type=float, default=10.0)
-        p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    tri = sub.add_parser("triangle", help="plot a triangular cyclic LR (torch CyclicLR)")
+        add_debug_flag(p)
+    tri = sub.add_parser("triangle", help="plot a triangular cyclic LR (torch CyclicLR)",
+                         allow_abbrev=False)
     tri.add_argument("--base-lr", type=float, default=0.004)
     tri.add_argument("--max-lr", type=float, default=0.4)
     tri.add_argument("--step-size", type=int, default=176, help="iterations per half cycle")
     tri.add_argument("--cycles", type=int, default=3)
     tri.add_argument("--out", default="triangular_lr.png", help="PNG to write")
-    tri.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    add_debug_flag(tri)
     srch.add_argument("--candidates", type=int, default=4)
     srch.add_argument("--search-epochs", type=int, default=4)
     srch.add_argument("--holdout", type=int, default=5000,

@@ -1,0 +1,106 @@
+"""Cluster sanity checks that need no Ray import: pure functions of what `ray.nodes()` returns,
+and of the exceptions Ray raises.
+
+Placement: a local cluster that can never hold the requested workers is refused up front
+(otherwise Ray would wait forever); a joined cluster only gets a warning, since its autoscaler
+may still add nodes.
+
+The rule for the run folder (`--storage-path`) on a multi-node cluster:
+
+* Every Train worker writes its checkpoints under the storage path, rank 0 writes the run
+  files, and the driver reads them back. On more than one node they must all see the same
+  folder, or each node keeps its own partial copy and the run cannot be resumed or reported.
+* A URI (`s3://`, `gs://`, `abfss://`, ... anything `scheme://` except `file://`) is shared:
+  pyarrow reaches the same bucket from every node.
+* A local path (or `file://`) is shared only when the user says so (`shared=True`, the
+  `--shared-storage` flag): we cannot see from here whether `/mnt/runs` is NFS, a
+  ReadWriteMany volume or a node's own disk, so the user declares it.
+* One node (or none yet) is always fine, unless the caller knows the run will span more nodes
+  than are alive now (`expected_nodes`): an autoscaling cluster that starts with its head alone
+  places its workers on nodes that do not exist yet.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from .config import RaycifarError
+
+
+def is_uri(path: str) -> bool:
+    """True for `scheme://...` storage that every node reaches the same way (not `file://`)."""
+    scheme, sep, _ = path.partition("://")
+    return bool(sep) and bool(scheme) and scheme.lower() != "file"
+
+
+def alive_nodes(nodes: Iterable[Mapping[str, Any]]) -> int:
+    """How many entries of `ray.nodes()` are alive (dead nodes linger in that list)."""
+    return sum(1 for n in nodes if n.get("Alive"))
+
+
+def check_shared_storage(storage_path: str, nodes: Iterable[Mapping[str, Any]], *,
+                         shared: bool = False, expected_nodes: int = 0) -> None:
+    """Raise RaycifarError when a multi-node run would write its run folder to local disks.
+
+    `nodes` is `ray.nodes()`; `shared` is the user's declaration that a local `storage_path`
+    is mounted at the same place on every node; `expected_nodes` is how many nodes the run
+    will span when the caller knows more than the alive count (0: unknown).
+    """
+    if shared or is_uri(storage_path):
+        return
+    count = max(alive_nodes(nodes), expected_nodes)
+    if count <= 1:
+        return
+    raise RaycifarError(
+        f"storage_path={storage_path!r} is a local folder but the run spans {count} nodes, "
+        "so each node would keep its own partial run folder; use a bucket (--storage-path "
+        "s3://BUCKET/runs or gs://BUCKET/runs) or, if that folder is on storage every node "
+        "mounts at the same path (NFS, a ReadWriteMany volume), add --shared-storage")
+
+
+def placeable_workers(nodes: Iterable[Mapping[str, Any]], cpus_per_worker: int,
+                      use_gpu: bool) -> int:
+    """How many workers of this shape the alive nodes can hold at once."""
+    total = 0
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        fit = int(res.get("CPU", 0) // cpus_per_worker)
+        if use_gpu:
+            fit = min(fit, int(res.get("GPU", 0)))
+        total += fit
+    return total
+
+
+def check_placement(cfg, nodes: Iterable[Mapping[str, Any]], use_gpu: bool,
+                    local: bool) -> int:
+    """Refuse (local) or warn (joined cluster) when the workers cannot all be placed now.
+
+    Returns how many workers fit."""
+    nodes = list(nodes)
+    room = placeable_workers(nodes, cfg.cpus_per_worker, use_gpu)
+    if room >= cfg.num_workers:
+        return room
+    shape = f"{cfg.cpus_per_worker} CPU" + (" + 1 GPU" if use_gpu else "")
+    msg = (f"{cfg.num_workers} workers of {shape} each cannot be placed: the cluster has room "
+           f"for {room}; lower --num-workers or --cpus-per-worker")
+    if local:
+        raise RaycifarError(msg)
+    print(f"[raycifar] warning: {msg} (waiting for the autoscaler)", flush=True)
+    return room
+
+
+def user_error(exc: BaseException):
+    """The RaycifarError behind a failed Ray run (worker or trial), if that is what failed it."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, RaycifarError):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        todo += list(getattr(e, "worker_failures", {}).values())
+    return None

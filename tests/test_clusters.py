@@ -1,0 +1,452 @@
+"""jobs/clusters/*: Ray's own schema for the launcher YAMLs, the KubeRay CRDs for the manifests,
+our CLI parser for every training command they run, and the shared-storage rule
+(raycifar/cluster.py). Offline and without credentials; a few seconds.
+
+Each file is checked by one function (`launcher_problems`, `manifest_problems`) that returns
+every problem found; the broken variants below go through the same function.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+import shlex
+import tempfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from raycifar.cli import config_from_args
+from raycifar.cluster import alive_nodes, check_shared_storage, is_uri
+from raycifar.config import ConfigError, RaycifarError
+from raycifar.train import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTERS = REPO / "jobs" / "clusters"
+# The KubeRay CRDs live beside the repository, not in it; a clean clone (CI) may not have them.
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "kuberay"
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
+TRAIN = "python -m raycifar.train"
+# Flags the cluster files use that raycifar.train does not have yet (wired separately, issue 5).
+# A command that fails only on these is an expected failure; remove them once they exist.
+def ray_pin() -> str:
+    """The Ray version pyproject.toml pins (`ray[...]==X`)."""
+    m = re.search(r'"ray\[[^\]]*\]==([0-9][0-9.]*)"', (REPO / "pyproject.toml").read_text())
+    assert m, "pyproject.toml does not pin ray[...]==X"
+    return m.group(1)
+
+
+def load_docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def cluster_files(kind: str) -> list[Path]:
+    """Launcher configs have a `provider`; Kubernetes manifests an `apiVersion`."""
+    key = "provider" if kind == "launcher" else "apiVersion"
+    return sorted(p for p in CLUSTERS.glob("*.yaml") if key in load_docs(p)[0])
+
+
+LAUNCHERS = cluster_files("launcher")
+MANIFESTS = cluster_files("manifest")
+ids = lambda p: p.name  # noqa: E731
+
+
+def test_the_expected_files_exist():
+    assert [p.name for p in LAUNCHERS] == ["aws.yaml", "gcp.yaml"]
+    assert [p.name for p in MANIFESTS] == ["kuberay-raycluster.yaml", "kuberay-rayjob.yaml"]
+    assert sorted(p.name for p in CLUSTERS.glob("*.yaml")) == sorted(
+        p.name for p in LAUNCHERS + MANIFESTS), "a cluster file that no test checks"
+
+
+# ----------------------------------------------------------------------------- launcher YAMLs
+
+def launcher_problems(config: dict) -> list[str]:
+    """Ray's own checks (the ones `ray up` runs before it touches the cloud), then ours."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    try:
+        prepared = prepare_config(copy.deepcopy(config))
+        validate_config(prepared)
+    except jsonschema.ValidationError as e:
+        return [f"schema: {'.'.join(map(str, e.absolute_path))}: {e.message}"]
+    except (ValueError, RuntimeError, AssertionError, KeyError) as e:
+        return [f"ray: {e}"]
+
+    problems = []
+    types = prepared["available_node_types"]
+    for name, t in types.items():
+        # Ray itself only checks the sum of min_workers against the global max_workers.
+        if t["min_workers"] > t["max_workers"]:
+            problems.append(f"{name}: min_workers={t['min_workers']} > "
+                            f"max_workers={t['max_workers']}")
+    gpu_types = [n for n, t in types.items() if t["resources"].get("GPU", 0) >= 1]
+    if not any(types[n]["min_workers"] == 0 and types[n]["max_workers"] >= 1
+               for n in gpu_types):
+        problems.append("no GPU worker type that scales from 0")
+    if types[prepared["head_node_type"]]["resources"].get("GPU"):
+        problems.append("the head should be a CPU node")
+    pin = ray_pin()
+    docker = prepared.get("docker", {})
+    for key in ("image", "head_image", "worker_image"):
+        if key in docker and f":{pin}-" not in docker[key]:
+            problems.append(f"docker.{key}={docker[key]!r} is not Ray {pin}")
+    head = " ".join(prepared["head_start_ray_commands"])
+    if "--dashboard-host=127.0.0.1" not in head:
+        problems.append("the dashboard must listen on 127.0.0.1 (reach it with `ray dashboard`)")
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        if "RAY_AUTH_MODE=token" not in " ".join(prepared[key]):
+            problems.append(f"{key} do not turn on token auth")
+    if not any("pip install" in c and "raycifar" in c for c in prepared["setup_commands"]):
+        problems.append("setup_commands do not install this package")
+    return problems
+
+
+@pytest.mark.parametrize("path", LAUNCHERS, ids=ids)
+def test_launcher_config_passes_rays_schema(path):
+    assert launcher_problems(load_docs(path)[0]) == []
+
+
+def _gpu_type(config: dict) -> dict:
+    return config["available_node_types"]["gpu_worker"]
+
+
+LAUNCHER_BREAKAGES = {
+    # name: (mutation, a substring of the problem it must cause)
+    "typo in a top-level key": (
+        lambda c: c.__setitem__("max_worker", c.pop("max_workers")), "max_worker"),
+    "typo in a node-type key": (
+        lambda c: _gpu_type(c).__setitem__("min_worker", _gpu_type(c).pop("min_workers")),
+        "min_worker"),
+    "fractional GPU": (lambda c: _gpu_type(c)["resources"].__setitem__("GPU", 0.5), "0.5"),
+    "min_workers > max_workers (within the global max)": (
+        lambda c: _gpu_type(c).update(min_workers=3, max_workers=2), "min_workers=3"),
+    "min_workers > max_workers (above the global max)": (
+        lambda c: _gpu_type(c).update(min_workers=5, max_workers=4), "min_workers"),
+    "dashboard on every interface": (
+        lambda c: c.__setitem__("head_start_ray_commands", [
+            s.replace("127.0.0.1", "0.0.0.0") for s in c["head_start_ray_commands"]]),
+        "127.0.0.1"),
+    "another Ray version": (
+        lambda c: c["docker"].__setitem__("worker_image", "rayproject/ray:2.9.0-py311-gpu"),
+        "worker_image"),
+}
+
+
+@pytest.mark.parametrize("path", LAUNCHERS, ids=ids)
+@pytest.mark.parametrize("breakage", LAUNCHER_BREAKAGES)
+def test_broken_launcher_config_is_rejected(path, breakage):
+    mutate, expected = LAUNCHER_BREAKAGES[breakage]
+    config = load_docs(path)[0]
+    mutate(config)
+    problems = launcher_problems(config)
+    assert problems and expected in " ".join(problems), problems
+
+
+# ----------------------------------------------------------------------------- KubeRay
+
+def _strict(schema):
+    """Reject unknown fields, as the API server does (it prunes them silently)."""
+    if isinstance(schema, dict):
+        if ("properties" in schema and "additionalProperties" not in schema
+                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+            schema["additionalProperties"] = False
+        for v in schema.values():
+            _strict(v)
+    elif isinstance(schema, list):
+        for v in schema:
+            _strict(v)
+    return schema
+
+
+@functools.lru_cache(maxsize=None)
+def crd_schema(kind: str) -> dict:
+    """The v1 openAPIV3Schema of a KubeRay CRD, made strict; parsed once per file version
+    (the YAML is 1-2 MB and slow to parse, so a JSON copy is cached in the temp dir)."""
+    path = SCHEMA_DIR / CRD_FILES[kind]
+    st = path.stat()
+    cache = Path(tempfile.gettempdir()) / f"raycifar-{path.stem}-{st.st_size}-{st.st_mtime_ns}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load(path.read_text(), Loader=loader)
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    schema = _strict(version["schema"]["openAPIV3Schema"])
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(schema))
+    tmp.replace(cache)
+    return schema
+
+
+def need_crds():
+    if not SCHEMA_DIR.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {SCHEMA_DIR} (they live outside the repository)")
+
+
+def _cluster_spec(doc: dict) -> dict:
+    return doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+
+
+def _pod_specs(spec: dict):
+    yield "head", spec["headGroupSpec"]["template"]["spec"]
+    for g in spec.get("workerGroupSpecs", []):
+        yield g.get("groupName", "?"), g["template"]["spec"]
+
+
+def _is_whole(q) -> bool:
+    return isinstance(q, int) or (isinstance(q, str) and q.isdigit())
+
+
+def manifest_problems(doc: dict, crds: bool = True) -> list[str]:
+    """The CRD schema (strict) where we have it, then the rules the schema cannot express."""
+    kind = doc.get("kind")
+    if kind == "PersistentVolumeClaim":
+        modes = doc.get("spec", {}).get("accessModes", [])
+        return [] if "ReadWriteMany" in modes else [f"PVC accessModes={modes}: need ReadWriteMany"]
+    if kind not in CRD_FILES:
+        return [f"unexpected kind {kind!r}"]
+    problems = []
+    if crds:
+        validator = jsonschema.Draft7Validator(crd_schema(kind))
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
+            problems.append(f"schema: {'.'.join(map(str, e.absolute_path))}: {e.message}")
+        if problems:
+            return problems
+    if doc.get("apiVersion") != "ray.io/v1":
+        problems.append(f"apiVersion={doc.get('apiVersion')!r}: use ray.io/v1")
+    spec = _cluster_spec(doc)
+    if spec.get("rayVersion") != ray_pin():
+        problems.append(f"rayVersion={spec.get('rayVersion')!r} is not {ray_pin()}")
+    if spec.get("authOptions", {}).get("mode") != "token":
+        problems.append("authOptions.mode is not token")
+    if spec["headGroupSpec"].get("serviceType", "ClusterIP") != "ClusterIP":
+        problems.append("the head service must stay ClusterIP (use kubectl port-forward)")
+    groups = spec.get("workerGroupSpecs", [])
+    for g in groups:
+        lo, hi, n = g.get("minReplicas", 0), g.get("maxReplicas"), g.get("replicas", 0)
+        if not (isinstance(hi, int) and lo <= hi):
+            problems.append(f"group {g['groupName']}: minReplicas={lo} > maxReplicas={hi}")
+        elif not lo <= n <= hi:
+            problems.append(f"group {g['groupName']}: replicas={n} outside [{lo}, {hi}]")
+    if not any(g.get("minReplicas", 0) == 0 for g in groups):
+        problems.append("no worker group that scales from 0")
+    for name, pod in _pod_specs(spec):
+        shm = {v["name"] for v in pod.get("volumes", [])
+               if v.get("emptyDir", {}).get("medium") == "Memory"}
+        claims = {v["name"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+        for c in pod["containers"]:
+            mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+            if mounts.get("/dev/shm") not in shm:
+                problems.append(f"{name}/{c['name']}: /dev/shm is not a memory-backed emptyDir")
+            if not set(mounts.values()) & claims:
+                problems.append(f"{name}/{c['name']}: no shared volume for the run folder")
+            for part in ("requests", "limits"):
+                gpus = c.get("resources", {}).get(part, {}).get("nvidia.com/gpu")
+                if gpus is not None and not _is_whole(gpus):
+                    problems.append(f"{name}/{c['name']}: {part} nvidia.com/gpu={gpus!r} "
+                                    "must be a whole number")
+    if not any(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
+               for _, pod in list(_pod_specs(spec))[1:] for c in pod["containers"]):
+        problems.append("no GPU worker group")
+    return problems
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=ids)
+def test_kuberay_manifest_passes_the_crd(path):
+    need_crds()
+    assert [p for d in load_docs(path) for p in manifest_problems(d)] == []
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=ids)
+def test_kuberay_manifest_rules_without_the_crd(path):
+    """What does not need the CRDs runs on a clean clone too."""
+    assert [p for d in load_docs(path) for p in manifest_problems(d, crds=False)] == []
+
+
+def _ray(docs: list[dict]) -> dict:
+    (doc,) = [d for d in docs if d["kind"] in CRD_FILES]
+    return doc
+
+
+def _gpu_group(doc: dict) -> dict:
+    return _cluster_spec(doc)["workerGroupSpecs"][0]
+
+
+def _gpu_container(doc: dict) -> dict:
+    return _gpu_group(doc)["template"]["spec"]["containers"][0]
+
+
+MANIFEST_BREAKAGES = {
+    # name: (mutation, a substring of the problem, needs the CRD schema)
+    "typo in a group key": (
+        lambda d: _gpu_group(d).__setitem__("maxReplica", _gpu_group(d).pop("maxReplicas")),
+        "maxReplica", True),
+    "typo in a pod key": (
+        lambda d: _gpu_container(d).__setitem__("volumeMount",
+                                                _gpu_container(d).pop("volumeMounts")),
+        "volumeMount", True),
+    "rayStartParams value not a string": (
+        lambda d: _gpu_group(d)["rayStartParams"].__setitem__("num-gpus", 1), "num-gpus", True),
+    "fractional GPU (number)": (
+        lambda d: _gpu_container(d)["resources"]["limits"].__setitem__("nvidia.com/gpu", 0.5),
+        "0.5", False),
+    "fractional GPU (quantity string)": (
+        lambda d: _gpu_container(d)["resources"]["limits"].__setitem__("nvidia.com/gpu", "0.5"),
+        "whole number", False),
+    "minReplicas > maxReplicas": (
+        lambda d: _gpu_group(d).update(minReplicas=5, maxReplicas=4), "minReplicas=5", False),
+    "/dev/shm on disk": (
+        lambda d: [v["emptyDir"].pop("medium") for v in
+                   _gpu_group(d)["template"]["spec"]["volumes"] if "emptyDir" in v],
+        "/dev/shm", False),
+    "another Ray version": (
+        lambda d: _cluster_spec(d).__setitem__("rayVersion", "2.9.0"), "rayVersion", False),
+    "head exposed as a LoadBalancer": (
+        lambda d: _cluster_spec(d)["headGroupSpec"].__setitem__("serviceType", "LoadBalancer"),
+        "ClusterIP", False),
+}
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=ids)
+@pytest.mark.parametrize("breakage", MANIFEST_BREAKAGES)
+def test_broken_kuberay_manifest_is_rejected(path, breakage):
+    mutate, expected, crds = MANIFEST_BREAKAGES[breakage]
+    if crds:
+        need_crds()
+    doc = _ray(load_docs(path))
+    mutate(doc)
+    problems = manifest_problems(doc, crds=crds and SCHEMA_DIR.is_dir())
+    assert problems and expected in " ".join(problems), problems
+
+
+def test_pvc_must_be_read_write_many():
+    assert manifest_problems({"kind": "PersistentVolumeClaim",
+                              "spec": {"accessModes": ["ReadWriteOnce"]}})
+
+
+def test_dockerfile_pins_the_same_ray():
+    base = re.search(r"^FROM\s+(\S+)", (CLUSTERS / "Dockerfile").read_text(), re.M).group(1)
+    assert base.startswith(f"rayproject/ray:{ray_pin()}-"), base
+
+
+# ----------------------------------------------------------------------------- training commands
+
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _strings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v)
+
+
+def training_commands(path: Path) -> list[list[str]]:
+    """Every `python -m raycifar.train ...` in a file, as argv after the module name: from the
+    comments (with `\\` continuations joined) and from every string value (e.g. an entrypoint)."""
+    text = path.read_text()
+    comments = "\n".join(line.strip()[1:].strip() for line in text.splitlines()
+                         if line.strip().startswith("#"))
+    lines = comments.replace("\\\n", " ").splitlines()
+    lines += [line for doc in load_docs(path) for s in _strings(doc) for line in s.splitlines()]
+    commands = []
+    for line in lines:
+        for rest in line.split(TRAIN)[1:]:
+            lex = shlex.shlex(rest, posix=True, punctuation_chars=True)
+            lex.whitespace_split = True
+            lex.commenters = "#"
+            argv = []
+            for token in lex:  # stop at the end of the command: ; && | ) ...
+                if set(token) <= set(lex.punctuation_chars):
+                    break
+                argv.append(token)
+            commands.append(argv)
+    return commands
+
+
+ALL_FILES = LAUNCHERS + MANIFESTS
+
+
+def test_commands_are_found():
+    found = {p.name: len(training_commands(p)) for p in ALL_FILES}
+    assert all(found.values()), found
+    assert training_commands(CLUSTERS / "kuberay-rayjob.yaml")[-1][:2] == ["--address", "auto"]
+
+
+def _parse(argv: list[str]):
+    """build_parser().parse_args, failing the test (not exiting) on a rejected command."""
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"the CLI rejects: {TRAIN} {shlex.join(argv)}")
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=ids)
+def test_training_commands_are_accepted_by_the_cli(path):
+    for argv in training_commands(path):
+        args = _parse(argv)
+        cfg = config_from_args(args)  # values valid together (e.g. batch divisible by workers)
+        assert args.address == "auto", "a cluster run must join the cluster, not start a Ray"
+        assert cfg.use_gpu is True, "the cluster starts without GPU nodes: pass --use-gpu"
+        # A multi-node run with the storage these files use is accepted by the storage rule.
+        check_shared_storage(cfg.storage_path, [{"Alive": True}] * 3,
+                             shared=getattr(args, "shared_storage", False))
+
+
+def test_a_bad_command_would_be_caught():
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--num-wrkers", "4"])
+    with pytest.raises(ConfigError, match="cannot be split"):
+        config_from_args(build_parser().parse_args(["--num-workers", "3"]))
+    assert training_commands(CLUSTERS / "aws.yaml")[0][-2:] == ["--name", "aws-4xa10g"]
+
+
+# ----------------------------------------------------------------------------- raycifar.cluster
+
+NODES = [{"Alive": True}, {"Alive": True}, {"Alive": False}]
+
+
+@pytest.mark.parametrize("path", ["s3://b/runs", "gs://b/runs", "abfss://c@a.dfs.core.windows.net/r",
+                                  "S3://B/runs"])
+def test_uris_are_shared(path):
+    assert is_uri(path)
+    check_shared_storage(path, NODES)
+
+
+@pytest.mark.parametrize("path", ["/home/u/runs", "file:///mnt/runs", "runs", "", "://x"])
+def test_local_paths_are_not_uris(path):
+    assert not is_uri(path)
+
+
+def test_local_path_on_one_node_is_fine():
+    assert alive_nodes([{"Alive": True}, {"Alive": False}, {}]) == 1
+    check_shared_storage("/home/u/runs", [{"Alive": True}, {"Alive": False}])
+    check_shared_storage("/home/u/runs", [])
+
+
+def test_local_path_on_many_nodes_is_refused_in_one_line():
+    with pytest.raises(RaycifarError) as e:
+        check_shared_storage("/home/u/runs", NODES)
+    assert str(e.value) == (
+        "storage_path='/home/u/runs' is a local folder but the run spans 2 nodes, so each node "
+        "would keep its own partial run folder; use a bucket (--storage-path s3://BUCKET/runs "
+        "or gs://BUCKET/runs) or, if that folder is on storage every node mounts at the same "
+        "path (NFS, a ReadWriteMany volume), add --shared-storage")
+    with pytest.raises(RaycifarError, match="spans 2 nodes"):
+        check_shared_storage("file:///mnt/runs", NODES)
+
+
+def test_declared_shared_path_is_accepted():
+    check_shared_storage("/mnt/runs", NODES, shared=True)
+
+
+def test_expected_nodes_covers_a_cluster_that_has_not_grown_yet():
+    head_only = [{"Alive": True}]
+    check_shared_storage("/home/u/runs", head_only, expected_nodes=0)
+    with pytest.raises(RaycifarError, match="spans 2 nodes"):
+        check_shared_storage("/home/u/runs", head_only, expected_nodes=2)
+    check_shared_storage("s3://b/runs", head_only, expected_nodes=5)
