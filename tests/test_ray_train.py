@@ -4,27 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from raycifar.config import TrainConfig
 from raycifar.runs import RunFolder
 from raycifar.train import METRIC_COLUMNS, fit
 
-from conftest import write_folder
+from conftest import tiny_train_config
 
 pytestmark = pytest.mark.ray
 
 
-def small_config(tmp_path, **kw) -> TrainConfig:
-    data = write_folder(tmp_path / "data", n_train=24, n_test=8)
-    base = dict(data_dir=str(data), cache_dir=str(tmp_path / "cache"),
-                storage_path=str(tmp_path / "runs"), name="t", epochs=3, peak_epoch=1,
-                batch_size=16, lr_max=0.05, lr_min=0.005, label_smoothing=0.0,
-                num_workers=2, cpus_per_worker=1,
-                loader_workers=0, precision="fp32", channels_last=False)
-    return TrainConfig(**{**base, **kw})
-
-
 def test_two_workers_train_write_the_run_folder_and_resume(tmp_path, ray_cluster):
-    cfg = small_config(tmp_path, stop_after_epoch=2)
+    cfg = tiny_train_config(tmp_path, name="t", num_workers=2, stop_after_epoch=2)
     first = fit(cfg)
     assert first.return_value == {"stopped_after_epoch": 2}
     run = RunFolder(cfg.run_dir)

@@ -4,22 +4,12 @@ import time
 
 import pytest
 
-from raycifar.config import TrainConfig
 from raycifar.runs import RunFolder, RunFolderError
 from raycifar.tune import candidates, load_finding, lr_find, search
 
-from conftest import write_folder
+from conftest import tiny_train_config
 
 pytestmark = pytest.mark.ray
-
-
-def tiny_config(tmp_path, **kw) -> TrainConfig:
-    data = write_folder(tmp_path / "data", n_train=24, n_test=8)
-    base = dict(data_dir=str(data), cache_dir=str(tmp_path / "cache"),
-                storage_path=str(tmp_path / "runs"), name="tune", epochs=24, peak_epoch=5,
-                batch_size=16, label_smoothing=0.0, num_workers=1, cpus_per_worker=1,
-                loader_workers=0, precision="fp32", channels_last=False)
-    return TrainConfig(**{**base, **kw})
 
 
 def test_candidates_are_a_log_grid_around_the_center():
@@ -28,7 +18,7 @@ def test_candidates_are_a_log_grid_around_the_center():
 
 
 def test_lr_find_runs_as_a_tune_trial_and_writes_the_finding(tmp_path, ray_cluster):
-    cfg = tiny_config(tmp_path)
+    cfg = tiny_train_config(tmp_path, name="tune", epochs=24, peak_epoch=5)
     finding = lr_find(cfg, {"start_lr": 1e-3, "end_lr": 1.0, "num_steps": 15,
                             "skip_start": 2, "skip_end": 2})
     run = RunFolder(cfg.run_dir)
@@ -40,7 +30,7 @@ def test_lr_find_runs_as_a_tune_trial_and_writes_the_finding(tmp_path, ray_clust
 
 
 def test_search_runs_two_trials_at_once_and_asha_stops_free_their_cpus(tmp_path, ray_cluster):
-    cfg = tiny_config(tmp_path, name="search")
+    cfg = tiny_train_config(tmp_path, name="search", epochs=24, peak_epoch=5)
     # Two good LRs first; the two hopeless ones reach ASHA's rung after good results are
     # recorded, so they are stopped, and the last one can only run if a stopped trial's CPU
     # came back (2 CPUs, 1 per trial).
