@@ -182,7 +182,7 @@ def draw_training_curves(m: dict[str, np.ndarray], path: Path) -> Path:
     loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (loss, acc):
-        ax.set_xticks(m["epoch"][:: max(1, len(m["epoch"]) // 24)])
+        ax.set_xticks(m["epoch"][:: max(1, -(-len(m["epoch"]) // 12))])  # <= 12 labels
         ax.legend(), ax.grid(alpha=0.3)
     return _save(fig, path)
 
