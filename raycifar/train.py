@@ -301,7 +301,7 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
     except Exception as e:
         user = user_error(e)
         if user is not None:
-            raise type(user)(str(user)) from e
+            raise user from e
         raise
 
 

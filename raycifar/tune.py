@@ -176,7 +176,7 @@ def _raise_trial_errors(grid) -> None:
 
     for err in grid.errors:
         user = user_error(err)
-        raise (type(user)(str(user)) if user else RaycifarError(f"a Tune trial failed: {err}"))
+        raise user if user else RaycifarError(f"a Tune trial failed: {err}")
 
 
 def load_finding(run_dir: str) -> dict:
