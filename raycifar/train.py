@@ -140,6 +140,7 @@ def train_loop_per_worker(config: dict) -> dict:
                                        "mean": mean, "std": std,
                                        "classes": arrays.classes})
 
+    ev = None  # the last epoch's evaluation, reused for the final predictions
     for epoch in range(start_epoch, cfg.epochs + 1):
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
@@ -173,7 +174,10 @@ def train_loop_per_worker(config: dict) -> dict:
                       "again to continue", flush=True)
             return {"stopped_after_epoch": epoch}
 
-    return _finish(cfg, model, test_loader, test_idx, arrays, history, train_seconds,
+    if ev is None:  # resumed after the last epoch: nothing evaluated in this call yet
+        ev = evaluate(model, test_loader, device=device, precision=precision,
+                      channels_last=cfg.channels_last, tta=cfg.tta)
+    return _finish(cfg, model, ev, test_idx, arrays, history, train_seconds,
                    time.perf_counter() - wall_start, world, device, run, precision)
 
 
@@ -193,14 +197,12 @@ def _record_epoch(run: RunFolder, cfg: TrainConfig, row: dict, history: list[dic
         ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))  # Ray: barrier
 
 
-def _finish(cfg: TrainConfig, model: nn.Module, test_loader, test_idx: np.ndarray, arrays,
+def _finish(cfg: TrainConfig, model: nn.Module, ev: dict, test_idx: np.ndarray, arrays,
             history: list[dict], train_seconds: float, wall_seconds: float, world: int,
             device: torch.device, run: Optional[RunFolder], precision: str) -> dict:
     """Gather test predictions from every rank; rank 0 writes predictions, model and summary."""
     import torch.distributed as dist
 
-    ev = evaluate(model, test_loader, device=device, precision=precision,
-                  channels_last=cfg.channels_last, tta=cfg.tta)
     part = (test_idx, ev["probs"].float().cpu().numpy(), ev["labels"].cpu().numpy())
     parts = [part]
     if dist.is_available() and dist.is_initialized():
@@ -261,7 +263,8 @@ def set_ray_env_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-DRIVER_SLOTS = 4  # Tune trial drivers a local cluster can hold (see raycifar.tune)
+DRIVER_RESOURCE = "tune_driver"  # what Tune trials hold instead of a CPU (see raycifar.tune)
+DRIVER_SLOTS = 4                  # trial drivers a local cluster can hold at once
 
 
 def init_ray(address: Optional[str]) -> None:
@@ -273,7 +276,7 @@ def init_ray(address: Optional[str]) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(resources={"tune_driver": DRIVER_SLOTS})
+        ray.init(resources={DRIVER_RESOURCE: DRIVER_SLOTS})
 
 
 def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,

@@ -29,9 +29,9 @@ from .engine import resolve_precision
 from .lr_finder import range_test
 from .model import CustomResNet
 from .runs import RunFolder, RunFolderError
+from .train import DRIVER_RESOURCE, make_optimizer
 from .transforms import train_transform
 
-DRIVER_RESOURCE = "tune_driver"
 RANGE_TEST_DEFAULTS = {"start_lr": 1e-4, "end_lr": 10.0, "num_steps": 100, "mode": "exp",
                        "method": "steepest", "lr_min_rule": "div", "lr_min_div": 10.0}
 
@@ -54,8 +54,6 @@ def range_test_trainable(config: dict) -> None:
     model = CustomResNet(len(arrays.classes), cfg.logit_scale).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    from .train import make_optimizer
-
     result = range_test(
         model, make_optimizer(cfg, model), loader,
         nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device=device,
