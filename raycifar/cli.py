@@ -12,7 +12,7 @@ import sys
 import traceback
 from typing import Callable, Optional
 
-from .config import DATA_FORMATS, OPTIMIZERS, PRECISIONS, RaycifarError, TrainConfig
+from .config import AUGMENTS, DATA_FORMATS, OPTIMIZERS, PRECISIONS, RaycifarError, TrainConfig
 
 HELP = {
     "data_dir": "CIFAR-10 location: a cifar-10-batches-py folder or an image tree "
@@ -23,6 +23,9 @@ HELP = {
     "loader_workers": "DataLoader worker processes per Ray worker",
     "validation": "hold out this many training images and evaluate on them instead of the "
                   "test set (0 = use the test set)",
+    "augment": "where the training augmentation runs: albumentations = per image in "
+               "--loader-workers processes; gpu = on whole batches on the training device "
+               "(the GPU, or the CPU without one), data held there as uint8",
     "epochs": "number of epochs",
     "peak_epoch": "the LR peaks at the last step of this epoch",
     "lr_max": "peak LR of the One Cycle (LRMAX)",
@@ -51,7 +54,8 @@ HELP = {
     "name": "run name; a re-run with the same name resumes from its last checkpoint",
     "max_failures": "restart the worker group this many times after a failure (-1 = always)",
 }
-CHOICES = {"data_format": DATA_FORMATS, "optimizer": OPTIMIZERS, "precision": PRECISIONS}
+CHOICES = {"data_format": DATA_FORMATS, "optimizer": OPTIMIZERS, "precision": PRECISIONS,
+           "augment": AUGMENTS}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

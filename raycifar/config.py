@@ -15,6 +15,7 @@ from typing import Any, Optional
 DATA_FORMATS = ("auto", "download", "batches", "folder")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENTS = ("albumentations", "gpu")
 
 
 class RaycifarError(Exception):
@@ -47,6 +48,8 @@ class TrainConfig:
     loader_workers: int = 2               # DataLoader worker processes per Ray worker
     validation: int = 0                   # >0: evaluate on this many held-out *training*
                                           # images instead of the test set (LR searches)
+    augment: str = "albumentations"       # albumentations (per image, loader processes) |
+                                          # gpu (whole batches on the training device)
 
     # --- schedule (One Cycle, stepped per batch) ---
     epochs: int = 24
@@ -121,6 +124,7 @@ def _validate(c: TrainConfig) -> list[str]:
     need(c.data_format in DATA_FORMATS,
          f"data_format={c.data_format!r} is not one of {DATA_FORMATS}")
     need(c.optimizer in OPTIMIZERS, f"optimizer={c.optimizer!r} is not one of {OPTIMIZERS}")
+    need(c.augment in AUGMENTS, f"augment={c.augment!r} is not one of {AUGMENTS}")
     need(c.precision in PRECISIONS, f"precision={c.precision!r} is not one of {PRECISIONS}")
     need(c.epochs >= 1, f"epochs={c.epochs} must be >= 1")
     need(1 <= c.peak_epoch < c.epochs,

@@ -6,14 +6,19 @@ on a held-out batch set), smooths it with a bias-corrected EMA and stops once th
 exceeds `diverge_factor` x its best. Model, optimizer and RNG state are snapshotted first and
 restored afterwards, bit for bit.
 
-Suggestions for LRMAX:
-  * ``steepest``: the LR where the smoothed loss falls fastest against log LR (minimum
-    gradient), ignoring the first `skip_start` and last `skip_end` points (early spikes and the
-    blow-up);
-  * ``valley``: fastai's rule: the longest run of decreasing smoothed loss, and the LR two thirds
-    of the way down it.
+The EMA lags the loss by about 1/(1 - beta) steps (50 at beta 0.98): over a 100-step sweep that
+is a factor of ~300 in LR, so reading suggestions off it would point far to the right of where
+the loss actually turns. It only drives the online stop. The suggestions read `curve`: the loss
+smoothed by the same kind of EMA (beta 0.9) run forwards and then backwards, which has no lag.
+
+Suggestions for LRMAX, all ignoring the first `skip_start` and last `skip_end` points (early
+spikes and the blow-up):
+  * ``steepest``: the LR where the curve falls fastest against log LR (minimum gradient);
+  * ``valley``: fastai's rule: the longest run of decreasing curve, two thirds of the way down;
+  * ``minimum``: the LR where the curve is lowest, i.e. where the loss stops falling: Smith's
+    upper bound for a cyclical schedule, the highest LR that still trains.
 LRMIN by a rule: ``div`` (LRMAX / `lr_min_div`, 10 by default) or ``onset`` (the LR where the
-smoothed loss first falls `onset_drop` (2%) below its starting value: Smith's base LR).
+curve first falls `onset_drop` (2%) below its starting value: Smith's base LR).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from torch import nn
 from .config import RaycifarError
 from .engine import _to_device, autocast, make_scaler
 
-LRMAX_METHODS = ("steepest", "valley")
+LRMAX_METHODS = ("steepest", "valley", "minimum")
 LRMIN_RULES = ("div", "onset")
 
 
@@ -43,7 +48,8 @@ class RangeTestError(RaycifarError):
 class RangeTestResult:
     lrs: list[float]
     losses: list[float]
-    smoothed: list[float]
+    smoothed: list[float]   # the EMA (online, lags): drives the divergence stop
+    curve: list[float]      # zero-lag smoothing: what the suggestions read
     lr_max: float
     lr_min: float
     method: str
@@ -52,19 +58,20 @@ class RangeTestResult:
     settings: dict = field(default_factory=dict)
 
     def rows(self) -> list[dict]:
-        return [{"step": i, "lr": lr, "loss": l, "smoothed_loss": s}
-                for i, (lr, l, s) in enumerate(zip(self.lrs, self.losses, self.smoothed))]
+        return [{"step": i, "lr": lr, "loss": l, "smoothed_loss": s, "curve": c} for i, (lr, l, s, c)
+                in enumerate(zip(self.lrs, self.losses, self.smoothed, self.curve))]
 
     def summary(self) -> dict:
         d = asdict(self)
-        for k in ("lrs", "losses", "smoothed"):
+        for k in ("lrs", "losses", "smoothed", "curve"):
             d.pop(k)
         d["steps_run"] = len(self.lrs)
         return d
 
     def save(self, run) -> None:
         """Write `lr_finder.csv` and `lr_finder.json` into a `RunFolder`."""
-        run.write_csv("lr_finder.csv", self.rows(), ["step", "lr", "loss", "smoothed_loss"])
+        run.write_csv("lr_finder.csv", self.rows(),
+                      ["step", "lr", "loss", "smoothed_loss", "curve"])
         run.write_json("lr_finder.json", self.summary())
 
 
@@ -89,12 +96,45 @@ def ema(losses: Iterable[float], beta: float = 0.98) -> list[float]:
     return out
 
 
+def zero_lag(losses: Iterable[float], beta: float = 0.9) -> list[float]:
+    """The bias-corrected EMA run forwards and then backwards: smooth, and no lag.
+
+    The backward pass stops where the loss first doubles its lowest value so far (the
+    blow-up), so losses in the hundreds cannot leak back into the part of the curve the
+    suggestions read; past that point the curve is the forward EMA.
+    """
+    y = np.asarray(list(losses), float)
+    if len(y) == 0:
+        return []
+    forward = np.asarray(ema(y, beta))
+    blown = np.flatnonzero(y > 2 * np.minimum.accumulate(y))
+    cut = int(blown[0]) if len(blown) else len(y)
+    out = forward.copy()
+    out[:cut] = ema(forward[:cut][::-1], beta)[::-1]
+    return [float(v) for v in out]
+
+
+def suggest_minimum(lrs, curve, skip_start: int = 10, skip_end: int = 5) -> float:
+    lrs, c = np.asarray(lrs, float), np.asarray(curve, float)
+    lo, hi = skip_start, len(lrs) - skip_end
+    if hi - lo < 3:
+        raise RangeTestError(f"only {len(lrs)} points: too few to find the minimum after "
+                             f"skipping {skip_start} + {skip_end}; run more steps")
+    return float(lrs[lo + int(np.argmin(c[lo:hi]))])
+
+
 def suggest_steepest(lrs, smoothed, skip_start: int = 10, skip_end: int = 5) -> float:
+    """Fastest fall against log LR, looked for only up to the curve's lowest point.
+
+    Past the minimum the curve is the blow-up, where a network with BatchNorm can recover for a
+    while and fall steeply again at an LR far too high to train with.
+    """
     lrs, sm = np.asarray(lrs, float), np.asarray(smoothed, float)
     lo, hi = skip_start, len(lrs) - skip_end
     if hi - lo < 3:
         raise RangeTestError(f"only {len(lrs)} points: too few to find the steepest descent "
                              f"after skipping {skip_start} + {skip_end}; run more steps")
+    hi = max(lo + 3, lo + int(np.argmin(sm[lo:hi])) + 1)
     grad = np.gradient(sm[lo:hi], np.log(lrs[lo:hi]))
     return float(lrs[lo + int(np.argmin(grad))])
 
@@ -113,6 +153,32 @@ def suggest_valley(lrs, smoothed) -> float:
     end = int(np.argmax(run_len))
     start = start_of[end]
     return float(lrs[start + int(round((end - start) * 2 / 3))])
+
+
+def usable_end(curve, rise: float = 0.05) -> int:
+    """Where the curve first climbs `rise` (5%) above its lowest point so far: the blow-up.
+
+    Networks with BatchNorm often recover during the blow-up and fall again at LRs far too
+    high to train with; the suggestions only read the curve before it.
+    """
+    c = np.asarray(curve, float)
+    above = np.flatnonzero(c > (1 + rise) * np.minimum.accumulate(c))
+    return int(above[0]) if len(above) else len(c)
+
+
+def suggest_lr_max(lrs, curve, method: str = "steepest", skip_start: int = 10,
+                   skip_end: int = 5) -> float:
+    """LRMAX by `method`, read from the curve before the blow-up (see `usable_end`)."""
+    end = usable_end(curve)
+    if end < len(curve) - skip_end:
+        lrs, curve, skip_end = lrs[:end], curve[:end], 0
+    if method == "steepest":
+        return suggest_steepest(lrs, curve, skip_start, skip_end)
+    if method == "minimum":
+        return suggest_minimum(lrs, curve, skip_start, skip_end)
+    if method == "valley":
+        return suggest_valley(lrs, curve)
+    raise RangeTestError(f"method={method!r} is not one of {LRMAX_METHODS}")
 
 
 def suggest_lr_min(lrs, smoothed, lr_max: float, rule: str = "div", div: float = 10.0,
@@ -152,7 +218,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Itera
                num_steps: int = 100, mode: str = "exp", beta: float = 0.98,
                diverge_factor: float = 4.0, method: str = "steepest", lr_min_rule: str = "div",
                lr_min_div: float = 10.0, skip_start: int = 10, skip_end: int = 5,
-               val_loader: Optional[Iterable] = None, device: torch.device = torch.device("cpu"),
+               curve_beta: float = 0.9, val_loader: Optional[Iterable] = None,
+               device: torch.device = torch.device("cpu"),
                precision: str = "fp32", channels_last: bool = False,
                on_step: Optional[Callable[[int, float, float, float], None]] = None
                ) -> RangeTestResult:
@@ -196,15 +263,27 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Itera
                 break
     finally:
         _restore(model, optimizer, saved)
-    suggest = suggest_steepest if method == "steepest" else suggest_valley
-    kwargs = {"skip_start": skip_start, "skip_end": skip_end} if method == "steepest" else {}
-    lr_max = suggest(lrs, smoothed, **kwargs)
-    lr_min = suggest_lr_min(lrs, smoothed, lr_max, lr_min_rule, lr_min_div)
     settings = {"start_lr": start_lr, "end_lr": end_lr, "num_steps": num_steps, "mode": mode,
-                "beta": beta, "diverge_factor": diverge_factor, "lr_min_div": lr_min_div,
-                "validation": val_loader is not None}
-    return RangeTestResult(lrs, losses, smoothed, lr_max, lr_min, method, lr_min_rule, stopped,
-                           settings)
+                "diverge_factor": diverge_factor, "validation": val_loader is not None}
+    return reread(lrs, losses, method=method, lr_min_rule=lr_min_rule, lr_min_div=lr_min_div,
+                  beta=beta, curve_beta=curve_beta, skip_start=skip_start, skip_end=skip_end,
+                  stopped_early=stopped, settings=settings)
+
+
+def reread(lrs: list[float], losses: list[float], *, method: str = "steepest",
+           lr_min_rule: str = "div", lr_min_div: float = 10.0, beta: float = 0.98,
+           curve_beta: float = 0.9, skip_start: int = 10, skip_end: int = 5,
+           stopped_early: bool = False, settings: Optional[dict] = None) -> RangeTestResult:
+    """Suggestions read again from a recorded sweep (another method or rule, no new sweep)."""
+    if method not in LRMAX_METHODS:
+        raise RangeTestError(f"method={method!r} is not one of {LRMAX_METHODS}")
+    curve = zero_lag(losses, curve_beta)
+    lr_max = suggest_lr_max(lrs, curve, method, skip_start, skip_end)
+    lr_min = suggest_lr_min(lrs, curve, lr_max, lr_min_rule, lr_min_div)
+    settings = {**(settings or {}), "beta": beta, "curve_beta": curve_beta,
+                "lr_min_div": lr_min_div, "skip_start": skip_start, "skip_end": skip_end}
+    return RangeTestResult(list(lrs), list(losses), ema(losses, beta), curve, lr_max, lr_min,
+                           method, lr_min_rule, stopped_early, settings)
 
 
 def _cycle(loader: Iterable):

@@ -23,6 +23,7 @@ METRICS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "t
            "epoch_seconds", "images_per_second"]
 STEPS = ["step", "epoch", "lr", "momentum"]
 FINDER = ["lr", "loss", "smoothed_loss"]
+OPTIONAL_COLUMNS = {"curve"}  # lr_finder.csv from before the zero-lag curve lacks it
 PREDICTIONS = ["labels", "preds", "probs", "classes", "wrong_index", "wrong_images"]
 GALLERY_SIZE = 25
 TRIANGULAR_CYCLES = 3
@@ -45,7 +46,8 @@ def _table(run: RunFolder, name: str, columns: list[str]) -> dict[str, np.ndarra
     """A CSV as float columns; any defect is one RunFolderError naming the file."""
     try:
         rows = run.read_csv(name, required=columns)
-        return {c: np.array([float(r[c]) for r in rows]) for c in columns}
+        present = [c for c in rows[0] if c in columns or c in OPTIONAL_COLUMNS] if rows else columns
+        return {c: np.array([float(r[c]) for r in rows]) for c in present}
     except (ValueError, TypeError) as e:  # a non-number, a short row, undecodable bytes
         raise RunFolderError(f"{run.uri}/{name} is malformed: {e}") from e
 
@@ -128,12 +130,17 @@ def draw_lr_finder(curve: dict[str, np.ndarray], choice: dict[str, Any], path: P
     fig = Figure(figsize=(7, 4.2))
     ax = fig.add_subplot()
     ax.plot(curve["lr"], curve["loss"], color="0.7", lw=1, label="loss")
-    ax.plot(curve["lr"], curve["smoothed_loss"], color="C0", lw=2, label="smoothed loss")
+    smooth = "smoothed_loss"
+    if "curve" in curve:  # the zero-lag curve the suggestions are read from; the EMA lags it
+        ax.plot(curve["lr"], curve["smoothed_loss"], color="C0", lw=1, ls=":",
+                label="EMA (divergence stop)")
+        smooth = "curve"
+    ax.plot(curve["lr"], curve[smooth], color="C0", lw=2, label="smoothed loss")
     ax.axvline(choice["lr_max"], color="C3", ls="--", label=f"LRMAX = {choice['lr_max']:.3g}")
     ax.axvline(choice["lr_min"], color="C2", ls="--", label=f"LRMIN = {choice['lr_min']:.3g}")
     ax.set(xscale="log", xlabel="learning rate (log scale)", ylabel="training loss",
            title=f"LR range test (suggestion: {choice.get('method', '?')})")
-    finite = curve["smoothed_loss"][np.isfinite(curve["smoothed_loss"])]
+    finite = curve[smooth][np.isfinite(curve[smooth])]
     if len(finite):  # clip the diverging tail, which would flatten the useful part
         low, start = finite.min(), finite[: max(1, len(finite) // 10)].max()
         if start > low:

@@ -26,14 +26,14 @@ from torch import nn
 from .config import RaycifarError, TrainConfig
 from .data import ArrayDataset, load_arrays
 from .engine import resolve_precision
-from .lr_finder import range_test
+from .lr_finder import LRMAX_METHODS, LRMIN_RULES, range_test, reread
 from .model import CustomResNet
 from .runs import RunFolder, RunFolderError
 from .train import DRIVER_RESOURCE, make_optimizer
 from .transforms import train_transform
 
 RANGE_TEST_DEFAULTS = {"start_lr": 1e-4, "end_lr": 10.0, "num_steps": 100, "mode": "exp",
-                       "method": "steepest", "lr_min_rule": "div", "lr_min_div": 10.0}
+                       "method": "minimum", "lr_min_rule": "div", "lr_min_div": 10.0}
 
 
 def range_test_trainable(config: dict) -> None:
@@ -61,7 +61,8 @@ def range_test_trainable(config: dict) -> None:
         on_step=lambda i, lr, loss, sm: tune.report(                        # Ray: to Tune
             {"step": i, "lr": lr, "loss": loss, "smoothed_loss": sm}),
         **settings)
-    result.settings.update(batch_size=cfg.batch_size, train_images=len(arrays.y_train))
+    result.settings.update(batch_size=cfg.batch_size, train_images=len(arrays.y_train),
+                           seed=cfg.seed)
     result.save(RunFolder(cfg.run_dir))
 
 
@@ -189,6 +190,71 @@ def load_finding(run_dir: str) -> dict:
                          "`python -m raycifar.tune lr-find` there first, or pass --lr-max/--lr-min")
 
 
+def add_range_test_arguments(parser) -> None:
+    """The range test's flags, shared by `tune lr-find/search` and `train --lr auto`."""
+    d = RANGE_TEST_DEFAULTS
+    parser.add_argument("--start-lr", type=float, default=d["start_lr"],
+                        help="range test: first LR of the sweep")
+    parser.add_argument("--end-lr", type=float, default=d["end_lr"],
+                        help="range test: last LR of the sweep")
+    parser.add_argument("--num-steps", type=int, default=d["num_steps"],
+                        help="range test: batches in the sweep")
+    parser.add_argument("--sweep", choices=["exp", "linear"], default=d["mode"],
+                        help="range test: how the LR rises")
+    parser.add_argument("--method", choices=LRMAX_METHODS, default=d["method"],
+                        help="how LRMAX is read off the range test's curve: minimum = where "
+                             "the loss stops falling (Smith's upper bound), steepest = where it "
+                             "falls fastest, valley = fastai's rule")
+    parser.add_argument("--lr-min-rule", choices=LRMIN_RULES, default=d["lr_min_rule"],
+                        help="LRMIN = LRMAX / --lr-min-div, or where the loss starts to fall")
+    parser.add_argument("--lr-min-div", type=float, default=d["lr_min_div"],
+                        help="the divisor of the 'div' rule")
+
+
+def range_test_settings(args) -> dict:
+    return {"start_lr": args.start_lr, "end_lr": args.end_lr, "num_steps": args.num_steps,
+            "mode": args.sweep, "method": args.method, "lr_min_rule": args.lr_min_rule,
+            "lr_min_div": args.lr_min_div}
+
+
+SWEEP_KEYS = ("start_lr", "end_lr", "num_steps", "mode")
+
+
+def matching_finding(cfg: TrainConfig, settings: dict) -> Optional[dict]:
+    """The range test already in `cfg.run_dir`, if it swept the same LRs on the same data.
+
+    Only the sweep is expensive: its suggestions are read again from `lr_finder.csv` with the
+    method and LRMIN rule asked for now (and `lr_finder.json` rewritten to say so).
+    """
+    run = RunFolder(cfg.run_dir)
+    if not (run.exists("lr_finder.json") and run.exists("lr_finder.csv")):
+        return None
+    old = run.read_json("lr_finder.json")
+    ran, want = old.get("settings", {}), {**RANGE_TEST_DEFAULTS, **settings}
+    same = (all(ran.get(k) == want[k] for k in SWEEP_KEYS) and not ran.get("validation")
+            and ran.get("batch_size") == cfg.batch_size and ran.get("seed", cfg.seed) == cfg.seed
+            and ran.get("train_images") == _train_images(cfg))
+    if not same:
+        return None
+    rows = run.read_csv("lr_finder.csv", required=["lr", "loss"])
+    result = reread([float(r["lr"]) for r in rows], [float(r["loss"]) for r in rows],
+                    method=want["method"], lr_min_rule=want["lr_min_rule"],
+                    lr_min_div=want["lr_min_div"], stopped_early=old.get("stopped_early", False),
+                    skip_start=ran.get("skip_start", 10), skip_end=ran.get("skip_end", 5),
+                    settings=ran)
+    if (old.get("method"), old.get("lr_min_rule"), old.get("lr_max")) != \
+            (result.method, result.lr_min_rule, result.lr_max):
+        result.settings["reread"] = (f"suggestions read again from lr_finder.csv (were "
+                                     f"{old.get('method')}/{old.get('lr_min_rule')}: LRMAX "
+                                     f"{old.get('lr_max')}, LRMIN {old.get('lr_min')})")
+    result.save(run)
+    return run.read_json("lr_finder.json")
+
+
+def _train_images(cfg: TrainConfig) -> int:
+    return len(load_arrays(cfg).y_train)
+
+
 def build_parser():
     import argparse
 
@@ -204,15 +270,7 @@ def build_parser():
     for p in (find, srch):
         add_config_arguments(p)
         p.add_argument("--address", default=None, help="join an existing Ray cluster")
-        p.add_argument("--start-lr", type=float, default=RANGE_TEST_DEFAULTS["start_lr"])
-        p.add_argument("--end-lr", type=float, default=RANGE_TEST_DEFAULTS["end_lr"])
-        p.add_argument("--num-steps", type=int, default=RANGE_TEST_DEFAULTS["num_steps"])
-        p.add_argument("--sweep", choices=["exp", "linear"], default="exp")
-        p.add_argument("--method", choices=["steepest", "valley"], default="steepest",
-                       help="how LRMAX is read off the curve")
-        p.add_argument("--lr-min-rule", choices=["div", "onset"], default="div",
-                       help="LRMIN = LRMAX / --lr-min-div, or where the loss starts to fall")
-        p.add_argument("--lr-min-div", type=float, default=10.0)
+        add_range_test_arguments(p)
         add_debug_flag(p)
     tri = sub.add_parser("triangle", help="plot a triangular cyclic LR (torch CyclicLR)",
                          allow_abbrev=False)
@@ -244,10 +302,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = config_from_args(args)
         load_arrays(cfg)  # fail fast on bad data, before Ray starts
         init_ray(args.address)
-        settings = {"start_lr": args.start_lr, "end_lr": args.end_lr,
-                    "num_steps": args.num_steps, "mode": args.sweep, "method": args.method,
-                    "lr_min_rule": args.lr_min_rule, "lr_min_div": args.lr_min_div}
-        finding = lr_find(cfg, settings)
+        finding = lr_find(cfg, range_test_settings(args))
         print(f"[raycifar] range test: LRMAX {finding['lr_max']:.4g}, LRMIN "
               f"{finding['lr_min']:.4g} ({finding['method']}); {cfg.run_dir}/lr_finder.csv")
         if args.command == "search":

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from raycifar.lr_finder import (RangeTestError, ema, lr_schedule, range_test, suggest_lr_min,
-                                suggest_steepest, suggest_valley)
+from raycifar.lr_finder import (RangeTestError, ema, lr_schedule, range_test, reread,
+                                suggest_lr_min, suggest_minimum, suggest_steepest, suggest_valley,
+                                zero_lag)
 
 
 def synthetic_curve(n=200, lo=1e-4, hi=10.0, knee=0.1, noise=0.0, seed=0):
@@ -55,6 +56,54 @@ def test_steepest_ignores_an_early_spike():
     lrs, loss = synthetic_curve(knee=0.1)
     loss[:5] = [9.0, 1.0, 9.0, 1.0, 9.0]
     assert suggest_steepest(lrs, loss, skip_start=10) == pytest.approx(0.1, rel=0.1)
+
+
+def test_the_zero_lag_curve_does_not_lag_where_the_ema_does():
+    lrs, loss = synthetic_curve(n=100, knee=0.1)
+    true = suggest_steepest(lrs, loss)
+    assert suggest_steepest(lrs, zero_lag(loss)) == pytest.approx(true, rel=0.15)
+    # a 100-step sweep read through the beta=0.98 EMA points far to the right of the knee
+    assert suggest_steepest(lrs, ema(loss, 0.98)) > 2 * true
+    noisy = synthetic_curve(n=100, knee=0.1, noise=0.05)[1]
+    assert 0.05 < suggest_steepest(lrs, zero_lag(noisy)) < 0.2
+
+
+def test_minimum_is_where_the_loss_stops_falling():
+    lrs, loss = synthetic_curve(knee=0.1)
+    bottom = lrs[10 + int(np.argmin(loss[10:-5]))]
+    assert suggest_minimum(lrs, loss) == pytest.approx(bottom)
+    assert 0.1 < bottom < 0.5  # past the knee, before the blow-up at 3x the knee
+
+
+def test_steepest_ignores_a_steep_fall_after_the_minimum():
+    # BatchNorm networks can recover during the blow-up and fall steeply again at huge LRs
+    lrs, loss = synthetic_curve(knee=0.1)
+    tail = lrs > 2.0
+    loss[tail] = loss[tail][0] - 20 * np.log10(lrs[tail] / 2.0)
+    assert suggest_steepest(lrs, loss, skip_end=1) == pytest.approx(0.1, rel=0.1)
+
+
+def test_suggestions_ignore_a_recovery_after_the_blow_up():
+    from raycifar.lr_finder import suggest_lr_max, usable_end
+    lrs, loss = synthetic_curve(n=100, knee=0.1)
+    loss = np.minimum(loss, 2.5)  # blows up past 0.3 ...
+    late = lrs > 3.0
+    loss[late] = 2.5 - 2.0 * np.log10(lrs[late] / 3.0)  # ... then falls below the dip again
+    c = zero_lag(loss)
+    assert 0.3 < lrs[usable_end(c)] < 1.0
+    for method in ("steepest", "valley", "minimum"):
+        assert suggest_lr_max(lrs, c, method) < 0.5, method
+
+
+def test_reread_gives_the_suggestions_a_new_sweep_would():
+    lrs, loss = synthetic_curve(n=100, knee=0.1, noise=0.02)
+    again = reread(list(lrs), list(loss), method="minimum", lr_min_rule="onset")
+    c = zero_lag(loss)
+    assert again.lr_max == suggest_minimum(lrs, c)
+    assert again.lr_min == suggest_lr_min(lrs, c, again.lr_max, "onset")
+    assert again.smoothed == pytest.approx(ema(loss, 0.98)) and again.curve == pytest.approx(c)
+    with pytest.raises(RangeTestError, match="is not one of"):
+        reread(list(lrs), list(loss), method="guess")
 
 
 def test_valley_is_two_thirds_down_the_longest_descent():

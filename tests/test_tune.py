@@ -5,7 +5,7 @@ import time
 import pytest
 
 from raycifar.runs import RunFolder, RunFolderError
-from raycifar.tune import candidates, load_finding, lr_find, search
+from raycifar.tune import candidates, load_finding, lr_find, matching_finding, search
 
 from conftest import tiny_train_config
 
@@ -27,6 +27,19 @@ def test_lr_find_runs_as_a_tune_trial_and_writes_the_finding(tmp_path, ray_clust
     assert finding["tune_steps_reported"] == len(rows)  # every step reached Tune
     assert 1e-3 <= finding["lr_min"] < finding["lr_max"] <= 1.0
     assert load_finding(cfg.run_dir)["lr_max"] == finding["lr_max"]
+
+    # `train --lr auto` over the same sweep reuses it, reading it with the rules asked for now
+    sweep = {"start_lr": 1e-3, "end_lr": 1.0, "num_steps": 15}
+    same = matching_finding(cfg, {**sweep, "method": finding["method"],
+                                  "lr_min_rule": finding["lr_min_rule"]})
+    assert same["lr_max"] == finding["lr_max"] and "reread" not in same["settings"]
+    other = matching_finding(cfg, {**sweep, "method": "valley", "lr_min_rule": "div",
+                                   "lr_min_div": 4.0})
+    assert other["method"] == "valley" and other["lr_min"] == pytest.approx(other["lr_max"] / 4)
+    assert "read again from lr_finder.csv" in other["settings"]["reread"]
+    assert load_finding(cfg.run_dir)["lr_max"] == other["lr_max"]
+    assert matching_finding(cfg, {**sweep, "num_steps": 16}) is None  # another sweep: run it
+    assert matching_finding(cfg.replace(batch_size=8), sweep) is None
 
 
 def test_search_runs_two_trials_at_once_and_asha_stops_free_their_cpus(tmp_path, ray_cluster):
