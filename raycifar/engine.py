@@ -92,8 +92,12 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
                 scheduler, loss_fn: Callable, scaler: torch.amp.GradScaler, *,
                 device: torch.device, precision: str = "fp32", channels_last: bool = False,
                 epoch: int = 1, first_step: int = 0, progress: bool = False,
-                max_steps: Optional[int] = None) -> EpochResult:
-    """Train one epoch, stepping `scheduler` per batch; returns this rank's figures."""
+                max_steps: Optional[int] = None,
+                before_step: Optional[Callable[[int], None]] = None) -> EpochResult:
+    """Train one epoch, stepping `scheduler` per batch; returns this rank's figures.
+
+    `before_step(i)` runs before step i of the epoch (fault injection uses it).
+    """
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     steps: list[Step] = []
@@ -103,6 +107,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
     for i, (x, y) in enumerate(bar):
         if max_steps is not None and i >= max_steps:
             break
+        if before_step is not None:
+            before_step(i)
         x, y = _to_device(x, y, device, channels_last)
         group = optimizer.param_groups[0]
         steps.append(Step(first_step + i, epoch, float(group["lr"]), _momentum(group)))

@@ -37,12 +37,18 @@ class RunFolder:
         return info.type != pafs.FileType.NotFound
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        self.fs.create_dir(self.root, recursive=True)
+        folder, _, base = name.rpartition("/")
+        self.fs.create_dir(self._path(folder) if folder else self.root, recursive=True)
         # Write then move, so a reader never sees half a file.
-        tmp = self._path(f".{name}.tmp")
+        tmp = self._path(f"{folder}/.{base}.tmp" if folder else f".{base}.tmp")
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)
         self.fs.move(tmp, self._path(name))
+
+    def delete(self, name: str) -> None:
+        """Remove a file if it is there."""
+        if self.exists(name):
+            self.fs.delete_file(self._path(name))
 
     def read_bytes(self, name: str) -> bytes:
         if not self.exists(name):

@@ -29,9 +29,13 @@ from torch import nn
 
 from . import __version__
 from .config import TrainConfig
+from .batch_augment import DeviceBatches
 from .data import ArrayDataset, load_arrays
-from .engine import evaluate, make_scaler, resolve_precision, train_epoch
+from .engine import DivergenceError, evaluate, make_scaler, resolve_precision, train_epoch
+from .faults import ENV as FAULT_ENV
+from .faults import from_spec as fault_from_spec
 from .model import CustomResNet
+from .resume import CHECKPOINT_FILE, DIVERGED_FILE, CheckpointError
 from .runs import RunFolder
 from .schedule import OneCycle
 from .transforms import eval_transform, train_transform
@@ -39,7 +43,6 @@ from .transforms import eval_transform, train_transform
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
                   "test_acc_plain", "epoch_seconds", "images_per_second"]
 STEP_COLUMNS = ["step", "epoch", "lr", "momentum"]
-CHECKPOINT_FILE = "state.pt"
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -96,11 +99,16 @@ def train_loop_per_worker(config: dict) -> dict:
     test_ds = ArrayDataset(arrays.x_test[test_idx], arrays.y_test[test_idx],
                            eval_transform(mean, std))
     loader_gen = torch.Generator().manual_seed(cfg.seed)
-    train_loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=cfg.batch_size // max(world, 1), shuffle=True,
-        num_workers=cfg.loader_workers, worker_init_fn=_seed_loader_worker,
-        generator=loader_gen, pin_memory=device.type == "cuda")
-    train_loader = ray.train.torch.prepare_data_loader(train_loader)    # Ray: shard + device
+    if cfg.augment == "gpu":  # the data on the device, augmented batch-wise there
+        train_loader = DeviceBatches(arrays.x_train, arrays.y_train, cfg.batch_size // world,
+                                     mean, std, device, cfg.seed, rank, world,
+                                     channels_last=cfg.channels_last)
+    else:
+        train_loader = torch.utils.data.DataLoader(
+            train_ds, batch_size=cfg.batch_size // max(world, 1), shuffle=True,
+            num_workers=cfg.loader_workers, worker_init_fn=_seed_loader_worker,
+            generator=loader_gen, pin_memory=device.type == "cuda")
+        train_loader = ray.train.torch.prepare_data_loader(train_loader)  # Ray: shard, device
     test_loader = torch.utils.data.DataLoader(test_ds, batch_size=512, num_workers=0)
 
     model = CustomResNet(len(arrays.classes), cfg.logit_scale)
@@ -117,10 +125,19 @@ def train_loop_per_worker(config: dict) -> dict:
     history: list[dict] = []
     steps: list[dict] = []
     start_epoch, train_seconds = 1, 0.0
+    fault = fault_from_spec(config.get("fault"))
+    shared = RunFolder(cfg.run_dir)  # every rank may flag a divergence
+    if shared.exists(DIVERGED_FILE):  # Ray restarted us after one: do not train into it again
+        raise DivergenceError(shared.read_json(DIVERGED_FILE)["message"])
     checkpoint = ray.train.get_checkpoint()                             # Ray: resume?
     if checkpoint:
         with checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=False)
+        if state["scheduler"]["total_steps"] != scheduler.total_steps:
+            raise CheckpointError(
+                f"{cfg.run_dir}: the checkpoint's schedule has {state['scheduler']['total_steps']}"
+                f" steps, this run {scheduler.total_steps} (another worker count or data size?);"
+                " resume with the same settings, or start fresh with another --name")
         bare.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -145,10 +162,23 @@ def train_loop_per_worker(config: dict) -> dict:
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)                                    # reshuffle DDP shards
-        res = train_epoch(model, train_loader, optimizer, scheduler, loss_fn, scaler,
-                          device=device, precision=precision,
-                          channels_last=cfg.channels_last, epoch=epoch,
-                          first_step=(epoch - 1) * len(train_loader), progress=rank == 0)
+        # albumentations draws from its own generator, seeded from OS entropy unless told; a
+        # seed per (epoch, rank) makes runs repeatable and a resumed epoch redo the same crops
+        # (loader processes re-seed their copy from torch's per-worker seed instead).
+        train_ds.transform.set_random_seed(int(np.random.SeedSequence(
+            [cfg.seed, epoch, rank]).generate_state(1)[0]))
+        try:
+            res = train_epoch(
+                model, train_loader, optimizer, scheduler, loss_fn, scaler, device=device,
+                precision=precision, channels_last=cfg.channels_last, epoch=epoch,
+                first_step=(epoch - 1) * len(train_loader), progress=rank == 0,
+                before_step=fault and (lambda i: fault.maybe_fire(epoch, i, rank, bare)))
+        except DivergenceError as e:  # no checkpoint for this epoch: the last one stays good
+            kept = (f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else
+                    "no epoch had finished")
+            message = f"{e}; {kept}"
+            shared.write_json(DIVERGED_FILE, {"message": message, "epoch": epoch, "rank": rank})
+            raise DivergenceError(message) from e
         ev = evaluate(model, test_loader, device=device, precision=precision,
                       channels_last=cfg.channels_last, tta=cfg.tta)
         train_seconds += res.seconds
@@ -268,6 +298,15 @@ DRIVER_SLOTS = 4                  # trial drivers a local cluster can hold at on
 
 
 def init_ray(address: Optional[str]) -> None:
+    """Join `address`, or start a local Ray that its own workers can find among others.
+
+    SIGTERM then behaves like Ctrl-C (see `_sigterm_like_ctrl_c`).
+
+    Ray Train's placement-group cleaner finds "its" cluster through RAY_ADDRESS or, without
+    it, the most recently started one; with two local runs on one machine it would watch the
+    wrong cluster and free a live run's workers. A local Ray therefore gets a GCS port chosen
+    here, and its jobs get RAY_ADDRESS pointing at it.
+    """
     import ray
 
     set_ray_env_defaults()
@@ -276,7 +315,44 @@ def init_ray(address: Optional[str]) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(resources={DRIVER_RESOURCE: DRIVER_SLOTS})
+        port = _free_port()
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by Ray when it starts the head
+        try:
+            ray.init(_node_ip_address="127.0.0.1", resources={DRIVER_RESOURCE: DRIVER_SLOTS},
+                     runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}})
+        finally:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    _sigterm_like_ctrl_c()
+
+
+def _sigterm_like_ctrl_c() -> None:
+    """SIGTERM (`kill`, a scheduler, `ray job stop`) ends a run like Ctrl-C does.
+
+    ray.init makes SIGTERM a bare exit. Instead it goes to whatever handles Ctrl-C at the
+    moment: inside `TorchTrainer.fit` that is Ray Train's graceful abort, elsewhere Python's
+    KeyboardInterrupt; either way `main` says which epoch's checkpoint the next run resumes
+    from, and Ray shuts down on the way out.
+    """
+    import signal
+    import threading
+
+    def on_sigterm(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
@@ -291,7 +367,8 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": cfg.to_dict(), "meta": meta},
+        train_loop_config={"train": cfg.to_dict(), "meta": meta,
+                           "fault": os.environ.get(FAULT_ENV)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage_path,
@@ -311,6 +388,7 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
 def main(args) -> int:
     from .cli import config_from_args
     from .cluster import check_placement, check_shared_storage
+    from .resume import check_resumable, latest_checkpoint
 
     cfg = config_from_args(args)
     started = time.perf_counter()
@@ -329,17 +407,31 @@ def main(args) -> int:
         check_shared_storage(cfg.storage_path, ray.nodes(), shared=cfg.shared_storage,
                              expected_nodes=2 if room < cfg.num_workers else 0)
     run = RunFolder(cfg.run_dir)
-    resuming = run.exists("metrics.csv")
-    if resuming:
-        print(f"[raycifar] {cfg.run_dir} exists: resuming from its last checkpoint "
-              "(use another --name to start fresh)", flush=True)
-    cfg, lr_source = choose_lrs(cfg, args, use_gpu, resuming)
+    run.delete(DIVERGED_FILE)  # a new command may try again (a changed LR fails the check below)
+    cfg, lr_source = choose_lrs(cfg, args, use_gpu, latest_checkpoint(run) is not None)
+    after = check_resumable(cfg, len(arrays.classes))
+    if after is not None:
+        print(f"[raycifar] {cfg.run_dir} has a checkpoint: resuming after epoch {after} of "
+              f"{cfg.epochs} (use another --name to start fresh)", flush=True)
+    elif run.exists("metrics.csv"):
+        print(f"[raycifar] {cfg.run_dir} has no checkpoint to resume from: starting at epoch 1",
+              flush=True)
     print(f"[raycifar] LRMAX {cfg.lr_max:.4g}, LRMIN {cfg.lr_min:.4g} from {lr_source['source']}",
           flush=True)
-    result = fit(cfg, use_gpu, {"version": __version__, "git_commit": _git_commit(),
-                                "command": " ".join(__import__("sys").argv),
-                                "lr_source": lr_source})
-    s = result.return_value or run.read_json("summary.json")
+    try:
+        result = fit(cfg, use_gpu, {"version": __version__, "git_commit": _git_commit(),
+                                    "command": " ".join(__import__("sys").argv),
+                                    "lr_source": lr_source})
+        if result.return_value is None:  # Ray Train aborted the run on Ctrl-C / SIGTERM
+            raise KeyboardInterrupt
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ray Train turns Ctrl-C (and so SIGTERM, see _sigterm_like_ctrl_c) into an abort that
+        # leaves fit() with SystemExit(1) or an empty result.
+        done = check_resumable(cfg, len(arrays.classes))
+        print(f"[raycifar] interrupted; {cfg.run_dir} keeps the checkpoint of epoch {done}"
+              if done else "[raycifar] interrupted before the first epoch ended", flush=True)
+        raise KeyboardInterrupt from e
+    s = result.return_value
     if "stopped_after_epoch" in s:
         print(f"[raycifar] stopped after epoch {s['stopped_after_epoch']}; run the same command "
               f"without --stop-after-epoch to continue {cfg.run_dir}", flush=True)
@@ -351,15 +443,21 @@ def main(args) -> int:
 
 
 def choose_lrs(cfg: TrainConfig, args, use_gpu: bool, resuming: bool) -> tuple[TrainConfig, dict]:
-    """LRMAX/LRMIN from the flags, an earlier finding (--lr-from) or a fresh range test."""
+    """LRMAX/LRMIN from the flags, an earlier finding (--lr-from) or the range test."""
     from . import tune
 
     if args.lr_from or (args.lr == "auto" and resuming):
         finding = tune.load_finding(args.lr_from or cfg.run_dir)
     elif args.lr == "auto":
-        if cfg.num_workers == 0:
-            init_ray(args.address)
-        finding = tune.lr_find(cfg, use_gpu=use_gpu)
+        settings = tune.range_test_settings(args)
+        finding = tune.matching_finding(cfg, settings)
+        if finding is not None:  # e.g. `tune lr-find` ran first, or training never started
+            print(f"[raycifar] {cfg.run_dir}/lr_finder.json holds a range test with these "
+                  "settings on this data: using it instead of running it again", flush=True)
+        else:
+            if cfg.num_workers == 0:
+                init_ray(args.address)
+            finding = tune.lr_find(cfg, settings, use_gpu=use_gpu)
         finding["source"] = f"range test ({finding['method']}, {cfg.run_dir}/lr_finder.json)"
         if args.lr_search:
             center = finding["lr_max"]
@@ -377,6 +475,7 @@ def build_parser():
     import argparse
 
     from .cli import add_config_arguments, add_debug_flag
+    from .tune import add_range_test_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m raycifar.train",
@@ -397,6 +496,7 @@ def build_parser():
     lr.add_argument("--search-epochs", type=int, default=4, help="epochs per search run")
     lr.add_argument("--lr-from", metavar="RUN_DIR", default=None,
                     help="reuse the LRMAX/LRMIN found in an earlier run folder")
+    add_range_test_arguments(lr)
     add_debug_flag(parser)
     return parser
 

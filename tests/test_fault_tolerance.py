@@ -1,0 +1,157 @@
+"""Faults on a real local Ray: a killed worker, an interrupted driver, a divergence, determinism.
+
+The faults are real (SIGKILL of a Train worker process, SIGINT/SIGTERM of the CLI, NaN weights);
+`RAYCIFAR_FAULT` only says where they strike (see raycifar/faults.py).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from raycifar.cluster import user_error
+from raycifar.engine import DivergenceError
+from raycifar.faults import ENV
+from raycifar.resume import CHECKPOINT_FILE, latest_checkpoint
+from raycifar.runs import RunFolder
+from raycifar.train import METRIC_COLUMNS, build_parser, fit, main
+from raycifar.cli import run_cli
+
+from conftest import tiny_train_config
+
+pytestmark = pytest.mark.ray
+
+DETERMINISTIC = [c for c in METRIC_COLUMNS if c not in ("epoch_seconds", "images_per_second")]
+
+
+def metrics(cfg) -> list[dict]:
+    rows = RunFolder(cfg.run_dir).read_csv("metrics.csv", required=METRIC_COLUMNS)
+    return [{k: r[k] for k in DETERMINISTIC} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory, ray_cluster):
+    """An uninterrupted 2-worker run, the reference for the faulted ones."""
+    tmp = tmp_path_factory.mktemp("clean")
+    cfg = tiny_train_config(tmp, name="clean", num_workers=2, max_failures=1)
+    started = time.perf_counter()
+    summary = fit(cfg).return_value
+    return cfg, summary, time.perf_counter() - started
+
+
+def test_same_seed_and_workers_give_the_same_metrics(clean, tmp_path):
+    cfg, summary, _ = clean
+    again = cfg.replace(storage_path=str(tmp_path / "runs"))
+    assert fit(again).return_value["final_test_acc"] == summary["final_test_acc"]
+    assert metrics(again) == metrics(cfg)
+
+
+def test_a_killed_worker_is_restarted_from_the_last_epoch(clean, tmp_path, monkeypatch):
+    ref_cfg, ref, ref_seconds = clean
+    cfg = ref_cfg.replace(storage_path=str(tmp_path / "runs"))
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(ENV, f"kill:epoch=2:step=1:rank=1:once={marker}")
+    started = time.perf_counter()
+    summary = fit(cfg).return_value
+    seconds = time.perf_counter() - started
+    assert marker.exists()  # the worker really was killed
+    run = RunFolder(cfg.run_dir)
+    assert [r["epoch"] for r in metrics(cfg)] == ["1", "2", "3"]  # each epoch exactly once
+    steps = run.read_csv("lr_steps.csv")
+    assert [int(s["step"]) for s in steps] == list(range(len(steps)))  # no gap, no repeat
+    ref_steps = RunFolder(ref_cfg.run_dir).read_csv("lr_steps.csv")
+    assert [s["lr"] for s in steps] == [s["lr"] for s in ref_steps]
+    # Restored weights, optimizer, schedule and RNG: the same numbers as the clean run.
+    assert metrics(cfg) == metrics(ref_cfg)
+    assert summary["final_test_acc"] == ref["final_test_acc"]
+    print(f"\nrecovery: {seconds:.1f}s with a worker killed vs {ref_seconds:.1f}s clean "
+          f"(+{seconds - ref_seconds:.1f}s), 1 partial epoch redone")
+
+
+def test_a_divergence_stops_with_its_place_and_keeps_the_last_good_checkpoint(
+        clean, tmp_path, monkeypatch):
+    cfg = clean[0].replace(storage_path=str(tmp_path / "runs"), name="nan")
+    monkeypatch.setenv(ENV, f"nan:epoch=2:step=2:once={tmp_path / 'fired'}")
+    with pytest.raises(Exception) as info:
+        fit(cfg)  # max_failures=1: the restarted group stops at once on the divergence mark
+    err = user_error(info.value)
+    assert isinstance(err, DivergenceError), info.value
+    assert str(err).startswith("loss became nan at epoch 2, step 7 (lr ")  # 5 steps per epoch
+    assert "lower --lr-max" in str(err) and "the checkpoint of epoch 1 is kept" in str(err)
+    run = RunFolder(cfg.run_dir)
+    assert [r["epoch"] for r in metrics(cfg)] == ["1"]
+    state = torch.load(io.BytesIO(run.read_bytes(f"{latest_checkpoint(run)}/{CHECKPOINT_FILE}")),
+                       weights_only=False)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_a_corrupt_checkpoint_gets_one_line_and_exit_2(clean, tmp_path, capsys):
+    cfg = clean[0]
+    copy = tmp_path / "runs" / cfg.name
+    shutil.copytree(cfg.run_dir, copy)
+    path = copy / latest_checkpoint(RunFolder(str(copy))) / CHECKPOINT_FILE
+    path.write_bytes(path.read_bytes()[:1000])
+    argv = ["--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir, "--storage-path",
+            str(tmp_path / "runs"), "--name", cfg.name, "--num-workers", "2",
+            "--cpus-per-worker", "1", "--epochs", "3", "--peak-epoch", "1", "--batch-size",
+            "16", "--lr-max", "0.05", "--lr-min", "0.005", "--label-smoothing", "0",
+            "--loader-workers", "0", "--precision", "fp32", "--no-channels-last",
+            "--max-failures", "1"]
+    assert run_cli(main, build_parser(), argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read the checkpoint" in err[0]
+    assert "start fresh with another --name" in err[0]
+
+
+def _ray_servers() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "gcs_server|raylet"], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_driver_resumes_on_the_next_run(tmp_path, sig):
+    cfg = tiny_train_config(tmp_path, epochs=12, peak_epoch=3)
+    argv = [sys.executable, "-m", "raycifar.train", "--data-dir", cfg.data_dir, "--cache-dir",
+            cfg.cache_dir, "--storage-path", cfg.storage_path, "--name", "int",
+            "--epochs", "12", "--peak-epoch", "3", "--batch-size", "16", "--lr-max", "0.05",
+            "--lr-min", "0.005", "--cpus-per-worker", "1", "--loader-workers", "0",
+            "--precision", "fp32"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    before = _ray_servers()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    run = RunFolder(os.path.join(cfg.storage_path, "int"))
+    deadline = time.time() + 240
+    while not (run.exists("metrics.csv") and len(run.read_csv("metrics.csv")) >= 2):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    done = len(run.read_csv("metrics.csv"))
+    assert done < 12
+    assert f"interrupted; {run.uri} keeps the checkpoint of epoch {done}" in out
+    deadline = time.time() + 30
+    while _ray_servers() - before and time.time() < deadline:  # the local Ray went with it
+        time.sleep(0.5)
+    assert not _ray_servers() - before
+    if sig == signal.SIGINT:
+        return  # the resume below is the same for both signals
+
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"has a checkpoint: resuming after epoch {done} of 12" in again.stdout
+    assert [int(r["epoch"]) for r in run.read_csv("metrics.csv")] == list(range(1, 13))
+    steps = [int(s["step"]) for s in run.read_csv("lr_steps.csv")]
+    assert steps == list(range(len(steps)))
+    assert not _ray_servers() - before

@@ -1,0 +1,127 @@
+"""Checkpoint checks before a resume, and the fault-injection spec (no Ray)."""
+
+import io
+import os
+
+import pytest
+import torch
+
+from raycifar.config import ConfigError
+from raycifar.faults import Fault, from_spec
+from raycifar.model import CustomResNet
+from raycifar.resume import (CHECKPOINT_FILE, SNAPSHOT_FILE, STATE_KEYS, CheckpointError,
+                             check_resumable, latest_checkpoint)
+from raycifar.runs import RunFolder
+
+from conftest import tiny_train_config
+
+
+def write_checkpoint(cfg, state: dict = None, raw: bytes = None, name="checkpoint_a") -> RunFolder:
+    """A run folder laid out as Ray Train leaves it, with one checkpoint."""
+    run = RunFolder(cfg.run_dir)
+    if state is None:
+        state = {k: None for k in STATE_KEYS}
+        state.update(model=CustomResNet(3).state_dict(), epoch=2, config=cfg.to_dict())
+    if raw is None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        raw = buf.getvalue()
+    run.write_bytes(f"{name}/{CHECKPOINT_FILE}", raw)
+    run.write_json(SNAPSHOT_FILE, {"latest_checkpoint_result": {"checkpoint_dir_name": name}})
+    return run
+
+
+def test_a_run_folder_without_checkpoints_starts_fresh(tmp_path):
+    cfg = tiny_train_config(tmp_path)
+    assert check_resumable(cfg, 3) is None
+    RunFolder(cfg.run_dir).write_text("metrics.csv", "epoch\n1\n")
+    assert check_resumable(cfg, 3) is None
+
+
+def test_a_good_checkpoint_gives_its_epoch(tmp_path):
+    cfg = tiny_train_config(tmp_path)
+    run = write_checkpoint(cfg)
+    assert latest_checkpoint(run) == "checkpoint_a"
+    assert check_resumable(cfg, 3) == 2
+    # where the data lives, the worker count and when to stop may change between sessions
+    moved = cfg.replace(num_workers=2, stop_after_epoch=3, data_dir=str(tmp_path / "elsewhere"))
+    assert check_resumable(moved, 3) == 2
+
+
+def test_a_truncated_checkpoint_is_an_error_that_says_how_to_start_fresh(tmp_path):
+    cfg = tiny_train_config(tmp_path)
+    buf = io.BytesIO()
+    torch.save({"model": CustomResNet(3).state_dict()}, buf)
+    write_checkpoint(cfg, raw=buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(CheckpointError, match=r"cannot read the checkpoint .*state\.pt.*"
+                                              r"start fresh with another --name"):
+        check_resumable(cfg, 3)
+
+
+def test_another_networks_weights_are_an_error(tmp_path):
+    cfg = tiny_train_config(tmp_path)
+    state = {k: None for k in STATE_KEYS}
+    state.update(model=CustomResNet(10).state_dict(), epoch=1, config=cfg.to_dict())
+    write_checkpoint(cfg, state=state)
+    with pytest.raises(CheckpointError, match=r"do not fit this network \(size mismatch for "
+                                              r"fc\.weight.*start fresh"):
+        check_resumable(cfg, 3)
+
+
+def test_a_file_that_is_not_our_checkpoint_is_an_error(tmp_path):
+    cfg = tiny_train_config(tmp_path)
+    write_checkpoint(cfg, state={"weights": CustomResNet(3).state_dict()})
+    with pytest.raises(CheckpointError, match=r"is not a raycifar checkpoint \(no model, "):
+        check_resumable(cfg, 3)
+
+
+def test_another_config_is_an_error_naming_what_changed(tmp_path):
+    cfg = tiny_train_config(tmp_path)
+    write_checkpoint(cfg)
+    with pytest.raises(CheckpointError, match=r"other settings \(lr_max: 0\.05 then, 0\.1 now; "
+                                              r"seed: 0 then, 1 now\).*start fresh"):
+        check_resumable(cfg.replace(lr_max=0.1, seed=1), 3)
+
+
+def test_an_unreadable_snapshot_is_an_error(tmp_path):
+    cfg = tiny_train_config(tmp_path)
+    RunFolder(cfg.run_dir).write_text(SNAPSHOT_FILE, "{not json")
+    with pytest.raises(CheckpointError, match="is unreadable"):
+        check_resumable(cfg, 3)
+
+
+def test_fault_specs_parse_and_bad_ones_are_refused():
+    assert from_spec(None) is None
+    assert Fault.parse("kill:epoch=2:step=3:rank=1:once=/x") == Fault("kill", 2, 3, 1, "/x")
+    assert Fault.parse("nan:epoch=1") == Fault("nan", 1)
+    for bad in ("explode:epoch=1", "kill:step=2", "kill:epoch=1:when=now", "kill:epoch"):
+        with pytest.raises(ConfigError):
+            Fault.parse(bad)
+
+
+def test_a_nan_fault_fires_once_at_its_place(tmp_path):
+    model = CustomResNet(3)
+    marker = tmp_path / "fired"
+    fault = Fault("nan", epoch=2, step=1, once=str(marker))
+    fault.maybe_fire(2, 0, 0, model)
+    fault.maybe_fire(1, 1, 0, model)
+    fault.maybe_fire(2, 1, 1, model)  # another rank
+    assert all(torch.isfinite(p).all() for p in model.parameters()) and not marker.exists()
+    fault.maybe_fire(2, 1, 0, model)
+    assert marker.exists() and torch.isnan(next(model.parameters())).all()
+    fresh = CustomResNet(3)
+    fault.maybe_fire(2, 1, 0, fresh)  # the marker is there: a restarted worker is spared
+    assert all(torch.isfinite(p).all() for p in fresh.parameters())
+
+
+def test_a_kill_fault_kills_its_process(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    code = ("from raycifar.faults import Fault; from raycifar.model import CustomResNet; "
+            f"Fault('kill', 1, once={str(tmp_path / 'k')!r}).maybe_fire(1, 0, 0, CustomResNet(3));"
+            "print('survived')")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == -signal.SIGKILL and "survived" not in p.stdout
+    assert os.path.exists(tmp_path / "k")
