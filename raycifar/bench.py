@@ -1,10 +1,23 @@
-"""Throughput of raycifar's Ray Train loop against a plain PyTorch loop.
+"""Throughput, start-up time and peak memory of raycifar's training loop, plain and under Ray.
 
-Both train the same model on the same data pipeline (albumentations, same loader workers), with
-the same global batch, precision and memory layout, for two epochs of `--subset` images; the
-second (warm) epoch is timed. The Ray figure is the `images_per_second` the worker loop itself
-records in `metrics.csv`, so it includes DDP and Ray's reporting and checkpointing between
-epochs is excluded in both. Run:
+Throughput runs two epochs of `--subset` images and times the second (warm) one, with the same
+model, global batch, precision (fp16 with a GradScaler), layout and device (the GPU if any). The
+variants are interleaved within each repeat, so machine drift hits all alike; medians reported.
+
+ray, ray_2workers  raycifar's worker loop under Ray Train, 1 / 2 workers (global batch split):
+    the images/s it records in metrics.csv; covers the steps incl. DDP and the per-step loss
+    read-back, excludes evaluation, checkpoints and Ray's reporting between epochs.
+plain, plain_gpu_augment  a hand-written PyTorch loop in this process (no engine, no Ray), fed
+    by the albumentations DataLoader (--augment, --loader-workers) or by DeviceBatches.
+loader_worker  images/s ONE DataLoader worker delivers through the albumentations transform with
+    no model (collation included, worker start excluded), set against `plain`'s rate.
+first_step  seconds from calling fit() until rank 0 is about to draw its first batch (its
+    config.json is written): controller and worker start, process group, the worker's imports,
+    data load, model build; excludes starting Ray. command_to_first_step: once, from this
+    process's start to that moment in the first Ray run (imports and Ray's start included).
+gpu_peak_*  torch.cuda.max_memory_allocated of each plain loop (Ray workers' GPUs: not seen).
+host_peak_rss_*  ru_maxrss of this process and of its largest finished child (a loader worker);
+    Ray's processes are not this process's waited-for children and are not counted.
 
     python -m raycifar.bench --data-dir /tmp/cifar10-dev --subset 3072 --repeats 3
 """
@@ -13,101 +26,327 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import shlex
 import statistics
+import sys
 import tempfile
 import time
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from .config import TrainConfig, resolve_storage_path
-from .data import ArrayDataset, load_arrays
-from .engine import resolve_precision
+from .batch_augment import DeviceBatches
+from .cli import add_config_arguments, add_debug_flag, config_from_args, run_cli
+from .config import ConfigError, TrainConfig
+from .data import ArrayDataset, CifarArrays, load_arrays
+from .engine import AUTOCAST_DTYPES, resolve_precision
 from .model import CustomResNet
 from .runs import RunFolder
 from .schedule import OneCycle
 from .transforms import train_transform
 
+FIGURES = {  # key: (label, unit), in report order
+    "ray": ("Ray Train loop, 1 worker", "img/s"),
+    "ray_2workers": ("Ray Train loop, 2 workers", "img/s"),
+    "plain": ("plain PyTorch loop", "img/s"),
+    "plain_gpu_augment": ("plain loop, augment=gpu (DeviceBatches)", "img/s"),
+    "loader_worker": ("one albumentations loader worker, no model", "img/s"),
+    "first_step": ("fit() to first step, Ray 1 worker", "s"),
+    "command_to_first_step": ("process start to first step of the first Ray run", "s"),
+    "gpu_peak_plain": ("GPU peak allocated, plain loop", "MiB"),
+    "gpu_peak_plain_gpu_augment": ("GPU peak allocated, plain loop augment=gpu", "MiB"),
+    "host_peak_rss_self": ("host peak RSS, bench process", "MiB"),
+    "host_peak_rss_children": ("host peak RSS, largest finished child process", "MiB"),
+}
+Measure = Callable[[], dict]
 
-def plain_images_per_second(cfg: TrainConfig) -> float:
-    """A hand-written loop, no raycifar engine: two epochs, the second one timed."""
-    torch.set_num_threads(cfg.cpus_per_worker)
+
+def _process_start() -> float:
+    """Wall-clock time this process started (Linux /proc, 10 ms ticks); else now."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rpartition(")")[2].split()[19])  # field 22: starttime
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return time.time() - age
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.time()
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    return torch.device("cuda" if cfg.use_gpu is not False and torch.cuda.is_available()
+                        else "cpu")
+
+
+def _warm_rate(epoch: Callable[[], int]) -> float:
+    """Run `epoch` (which returns the images it saw) twice; images/s of the second run."""
+    epoch()
+    start = time.perf_counter()
+    images = epoch()
+    return images / (time.perf_counter() - start)
+
+
+def _batches(cfg: TrainConfig, arrays: CifarArrays, device: torch.device):
+    mean, std = arrays.mean_std()
+    if cfg.augment == "gpu":
+        return DeviceBatches(arrays.x_train, arrays.y_train, cfg.batch_size, mean, std, device,
+                             cfg.seed, channels_last=cfg.channels_last)
+    return torch.utils.data.DataLoader(
+        ArrayDataset(arrays.x_train, arrays.y_train, train_transform(mean, std)),
+        batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.loader_workers,
+        pin_memory=device.type == "cuda")
+
+
+def plain_images_per_second(cfg: TrainConfig, arrays: CifarArrays) -> tuple[float, Optional[float]]:
+    """A hand-written loop, no raycifar engine, no Ray: (images/s, GPU peak MiB or None)."""
+    device = _device(cfg)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        torch.set_num_threads(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed)
-    device = torch.device("cpu")
     precision = resolve_precision(cfg.precision, device)
-    arrays = load_arrays(cfg)
+    dtype = AUTOCAST_DTYPES.get(precision)
+    batches = _batches(cfg, arrays, device)
+    model = CustomResNet(len(arrays.classes), cfg.logit_scale).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_min, momentum=cfg.momentum,
+                          nesterov=True, weight_decay=cfg.weight_decay)
+    sched = OneCycle(cfg.lr_min, cfg.lr_max, 2, 1, len(batches)).build(opt)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def epoch() -> int:
+        seen = 0
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                out = model(x)
+                loss = loss_fn(out, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            loss.item()  # the Ray loop reads the loss and the accuracy every step too
+            int((out.argmax(1) == y).sum())
+            seen += len(y)
+        return seen
+
+    rate = _warm_rate(epoch)
+    if device.type != "cuda":
+        return rate, None
+    peak = torch.cuda.max_memory_allocated(device) / 2**20
+    del model, opt, batches
+    torch.cuda.empty_cache()  # leave the GPU to the Ray workers
+    return rate, peak
+
+
+def loader_images_per_second(cfg: TrainConfig, arrays: CifarArrays) -> float:
+    """What one DataLoader worker delivers through the albumentations transform, no model."""
     mean, std = arrays.mean_std()
     loader = torch.utils.data.DataLoader(
         ArrayDataset(arrays.x_train, arrays.y_train, train_transform(mean, std)),
-        batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.loader_workers)
-    model = CustomResNet(len(arrays.classes), cfg.logit_scale)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_min, momentum=0.9, nesterov=True,
-                          weight_decay=cfg.weight_decay)
-    sched = OneCycle(cfg.lr_min, cfg.lr_max, 2, 1, len(loader)).build(opt)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    seconds, images = 0.0, 0
-    for epoch in range(2):
-        start, seen = time.perf_counter(), 0
-        for x, y in loader:
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss.item()  # the Ray loop reads the loss every step too
-            seen += len(y)
-        seconds, images = time.perf_counter() - start, seen
-    return images / seconds
+        batch_size=cfg.batch_size, shuffle=True, num_workers=1, persistent_workers=True)
+    return _warm_rate(lambda: sum(len(y) for _, y in loader))
 
 
-def ray_images_per_second(cfg: TrainConfig) -> float:
-    from .train import fit, init_ray
+def ray_run(cfg: TrainConfig, key: str, use_gpu: bool) -> dict:
+    """One 2-epoch fit: the warm epoch's images/s, fit()-to-first-step s, and when that was."""
+    from .train import fit
 
-    init_ray(None)
     with tempfile.TemporaryDirectory() as d:
-        run_cfg = cfg.replace(storage_path=d, name="bench", epochs=2, peak_epoch=1)
-        fit(run_cfg)
+        run_cfg = cfg.replace(storage_path=d, name="bench", epochs=2, peak_epoch=1,
+                              stop_after_epoch=0, max_failures=0)
+        launched = time.time()
+        fit(run_cfg, use_gpu)
         rows = RunFolder(run_cfg.run_dir).read_csv("metrics.csv", ["images_per_second"])
-    return float(rows[-1]["images_per_second"])
+        # rank 0 writes config.json right before its epoch loop asks for the first batch
+        ready = os.path.getmtime(os.path.join(run_cfg.run_dir, "config.json"))
+    out = {key: float(rows[-1]["images_per_second"]), "ready_at": ready}
+    if key == "ray":
+        out["first_step"] = ready - launched
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def host_peak_rss() -> dict:
+    """ru_maxrss (KiB on Linux) of this process and of its largest finished child, in MiB."""
+    return {"host_peak_rss_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "host_peak_rss_children":
+                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def plan(cfg: TrainConfig, arrays: CifarArrays, use_gpu: bool,
+         cluster: dict) -> tuple[list[Measure], list[str]]:
+    """One repeat's measurements, Ray 1 worker first (it also times the command's start)."""
+    gpu = " + 1 GPU" if use_gpu else ""
+    notes = [f"Ray 1 worker: {cfg.cpus_per_worker} CPU(s){gpu}"]
+    if not torch.cuda.is_available():
+        notes.append("no GPU here: the plain loops ran on CPU, GPU peak memory not measured")
+    steps: list[Measure] = [lambda: ray_run(cfg, "ray", use_gpu)]
+    gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
+    if use_gpu and gpus < 2:
+        notes.append(f"Ray 2 workers skipped: {gpus} GPU(s) in the cluster, 2 workers need 2")
+    elif cfg.batch_size % 2:
+        notes.append(f"Ray 2 workers skipped: batch {cfg.batch_size} does not split in two")
+    else:
+        two = cfg.replace(num_workers=2,
+                          cpus_per_worker=cfg.cpus_per_worker if use_gpu else max(1, cpus // 2))
+        notes.append(f"Ray 2 workers: {two.cpus_per_worker} CPU(s){gpu} and batch "
+                     f"{cfg.batch_size // 2} each")
+        steps.append(lambda: ray_run(two, "ray_2workers", use_gpu))
+
+    def plain(c: TrainConfig, key: str) -> Measure:
+        return lambda: dict(zip((key, "gpu_peak_" + key), plain_images_per_second(c, arrays)))
+
+    steps.append(plain(cfg, "plain"))
+    if cfg.augment == "gpu":
+        notes.append("plain loop augment=gpu skipped: --augment gpu already feeds `plain`")
+    else:
+        steps.append(plain(cfg.replace(augment="gpu"), "plain_gpu_augment"))
+    steps.append(lambda: {"loader_worker": loader_images_per_second(cfg, arrays)})
+    return steps, notes
+
+
+def run_repeats(steps: list[Measure], repeats: int, started: float) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {}
+    for r in range(repeats):
+        for measure in steps:
+            for key, v in measure().items():
+                if key == "ready_at":  # only the first Ray run counts from the command's start
+                    values.setdefault("command_to_first_step", [v - started])
+                elif v is not None:
+                    values.setdefault(key, []).append(v)
+        print(f"repeat {r + 1}/{repeats}: " + ", ".join(
+            f"{k} {v[-1]:.1f}" for k, v in values.items()), flush=True)
+    return values
+
+
+def summarise(values: dict[str, list[float]]) -> dict[str, dict]:
+    """Median and per-repeat values of each figure, in report order."""
+    return {k: {"label": FIGURES[k][0], "unit": FIGURES[k][1], "values": list(values[k]),
+                "median": statistics.median(values[k])} for k in FIGURES if values.get(k)}
+
+
+def ratios(figures: dict[str, dict], loader_workers: int) -> dict[str, dict]:
+    """Ratios of medians; those whose figures are missing are left out."""
+    med = {k: f["median"] for k, f in figures.items()}
+    spec = [("ray_over_plain", "Ray 1 worker / plain loop", "ray", "plain", 1),
+            ("ray2_over_ray1", "Ray 2 workers / Ray 1 worker", "ray_2workers", "ray", 1),
+            ("gpu_augment_over_plain", "plain augment=gpu / plain", "plain_gpu_augment",
+             "plain", 1),
+            ("loader_worker_over_plain", "one loader worker / plain loop's step rate",
+             "loader_worker", "plain", 1),
+            ("loader_workers_over_plain", f"{loader_workers} loader workers / plain loop's step "
+             "rate (> 1: they deliver more than the model consumes)", "loader_worker", "plain",
+             loader_workers)]
+    return {key: {"label": label, "value": n * med[a] / med[b]}
+            for key, label, a, b, n in spec if a in med and med.get(b)}
+
+
+def machine_info(precision: str) -> dict:
+    import ray
+
+    cpu, ram = "unknown CPU", 0.0
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+        with open("/proc/meminfo") as f:
+            ram = next(int(l.split()[1]) for l in f if l.startswith("MemTotal")) / 2**20
+    except (OSError, StopIteration, ValueError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(ram, 1), "gpu": gpu,
+            "torch": torch.__version__, "ray": ray.__version__, "precision": precision}
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = ["# raycifar benchmark", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, GPU: "
+             f"{m['gpu'] or 'none'}; torch {m['torch']}, ray {m['ray']}; precision "
+             f"{m['precision']}; batch {result['batch_size']}, {result['subset'] or 'all'} "
+             f"training images, median of {result['repeats']} repeat(s).", "",
+             f"Command: `{result['command']}`", "",
+             "| figure | unit | median | per repeat |", "|---|---|---|---|"]
+    for f in result["figures"].values():
+        lines.append(f"| {f['label']} | {f['unit']} | {f['median']:.1f} | "
+                     + ", ".join(f"{v:.1f}" for v in f["values"]) + " |")
+    lines += ["", "| ratio of medians | value |", "|---|---|"]
+    lines += [f"| {r['label']} | {r['value']:.2f} |" for r in result["ratios"].values()]
+    lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
+    lines += ["", "What each figure covers and excludes: `python -m raycifar.bench --help`.", ""]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m raycifar.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--subset", type=int, default=3072, help="images per epoch")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--precision", default="auto")
-    p.add_argument("--cpus-per-worker", type=int, default=2)
-    p.add_argument("--out", default=None, help="write the figures as JSON here")
-    args = p.parse_args(argv)
-    cfg = TrainConfig(data_dir=args.data_dir, subset=args.subset, precision=args.precision,
-                      cpus_per_worker=args.cpus_per_worker, num_workers=1,
-                      storage_path=resolve_storage_path("~/raycifar_runs"))
-    plain, ray_ = [], []
-    for r in range(args.repeats):  # interleaved, so drift in machine load hits both alike
-        plain.append(plain_images_per_second(cfg))
-        ray_.append(ray_images_per_second(cfg))
-        print(f"repeat {r + 1}: plain {plain[-1]:.1f} img/s, ray {ray_[-1]:.1f} img/s", flush=True)
-    out = {"plain": plain, "ray": ray_, "plain_median": statistics.median(plain),
-           "ray_median": statistics.median(ray_),
-           "ratio": statistics.median(ray_) / statistics.median(plain),
-           "precision": resolve_precision(args.precision, torch.device("cpu")),
-           "batch_size": cfg.batch_size, "subset": args.subset,
-           "threads": args.cpus_per_worker, "loader_workers": cfg.loader_workers}
-    print(json.dumps(out, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=2)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    add_config_arguments(p)
+    p.set_defaults(subset=3072)
+    p.add_argument("--repeats", type=int, default=3, help="repeats (median reported)")
+    p.add_argument("--out", default="BENCHMARKS.md", help="Markdown report")
+    p.add_argument("--json", default=None, help="also write the figures as JSON here")
+    p.add_argument("--address", default=None, help="join this Ray cluster; default: start one")
+    add_debug_flag(p)
+    return p
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from .train import init_ray
+
+    started = _process_start()
+    if args.repeats < 1:
+        raise ConfigError([f"repeats={args.repeats} must be >= 1"])
+    cfg = config_from_args(args).replace(num_workers=1)
+    arrays = load_arrays(cfg)  # validates the data and fills the decode cache before timing
+    init_ray(args.address)
+    import ray
+
+    cluster = ray.cluster_resources()
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster.get("GPU", 0) > 0
+    steps, notes = plan(cfg, arrays, use_gpu, cluster)
+    values = run_repeats(steps, args.repeats, started)
+    values.update({k: [v] for k, v in host_peak_rss().items()})
+    figures = summarise(values)
+    loaders = cfg.loader_workers or TrainConfig.loader_workers
+    rat = ratios(figures, loaders)
+    keeps_up = rat["loader_workers_over_plain"]["value"] > 1
+    notes.append(f"{loaders} albumentations loader workers deliver "
+                 f"{'more' if keeps_up else 'less'} than the plain loop consumes (whose rate "
+                 "includes its own loading; augment=gpu shows the model without it)")
+    precision = resolve_precision(cfg.precision, _device(cfg))
+    result = {"machine": machine_info(precision), "repeats": args.repeats,
+              "command": shlex.join(["python", "-m", "raycifar.bench", *argv]),
+              "figures": figures, "ratios": rat, "loader_keeps_up": keeps_up, "notes": notes,
+              # the fields of the first version of this file (results/bench-cpu.json)
+              "plain": values["plain"], "ray": values["ray"],
+              "plain_median": figures["plain"]["median"], "ray_median": figures["ray"]["median"],
+              "ratio": figures["ray"]["median"] / figures["plain"]["median"],
+              "precision": precision, "batch_size": cfg.batch_size, "subset": cfg.subset,
+              "threads": cfg.cpus_per_worker, "loader_workers": cfg.loader_workers}
+    text = markdown(result)
+    print(text, flush=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
     return 0
 
 
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_cli(lambda args: run(args, argv), build_parser(), argv)
+
+
 if __name__ == "__main__":
-    from raycifar import bench as _module  # pickle the worker loop by reference
+    from raycifar import bench as _module  # one copy of the module, not __main__ and a twin
 
     raise SystemExit(_module.main())

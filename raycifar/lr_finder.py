@@ -166,9 +166,15 @@ def usable_end(curve, rise: float = 0.05) -> int:
     return int(above[0]) if len(above) else len(c)
 
 
-def suggest_lr_max(lrs, curve, method: str = "steepest", skip_start: int = 10,
-                   skip_end: int = 5) -> float:
-    """LRMAX by `method`, read from the curve before the blow-up (see `usable_end`)."""
+def suggest_lr_max(lrs, curve, method: str = "steepest", skip_start: Optional[int] = None,
+                   skip_end: Optional[int] = None) -> float:
+    """LRMAX by `method`, read from the curve before the blow-up (see `usable_end`).
+
+    The skips default to the first 10% and the last 5% of the points (10 and 5 of 100).
+    """
+    n = len(curve)
+    skip_start = max(1, n // 10) if skip_start is None else skip_start
+    skip_end = max(1, n // 20) if skip_end is None else skip_end
     end = usable_end(curve)
     if end < len(curve) - skip_end:
         lrs, curve, skip_end = lrs[:end], curve[:end], 0
@@ -217,7 +223,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Itera
                loss_fn: Callable, *, start_lr: float = 1e-4, end_lr: float = 10.0,
                num_steps: int = 100, mode: str = "exp", beta: float = 0.98,
                diverge_factor: float = 4.0, method: str = "steepest", lr_min_rule: str = "div",
-               lr_min_div: float = 10.0, skip_start: int = 10, skip_end: int = 5,
+               lr_min_div: float = 10.0, skip_start: Optional[int] = None,
+               skip_end: Optional[int] = None,
                curve_beta: float = 0.9, val_loader: Optional[Iterable] = None,
                device: torch.device = torch.device("cpu"),
                precision: str = "fp32", channels_last: bool = False,
@@ -272,7 +279,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Itera
 
 def reread(lrs: list[float], losses: list[float], *, method: str = "steepest",
            lr_min_rule: str = "div", lr_min_div: float = 10.0, beta: float = 0.98,
-           curve_beta: float = 0.9, skip_start: int = 10, skip_end: int = 5,
+           curve_beta: float = 0.9, skip_start: Optional[int] = None,
+           skip_end: Optional[int] = None,
            stopped_early: bool = False, settings: Optional[dict] = None) -> RangeTestResult:
     """Suggestions read again from a recorded sweep (another method or rule, no new sweep)."""
     if method not in LRMAX_METHODS:

@@ -240,7 +240,7 @@ def matching_finding(cfg: TrainConfig, settings: dict) -> Optional[dict]:
     result = reread([float(r["lr"]) for r in rows], [float(r["loss"]) for r in rows],
                     method=want["method"], lr_min_rule=want["lr_min_rule"],
                     lr_min_div=want["lr_min_div"], stopped_early=old.get("stopped_early", False),
-                    skip_start=ran.get("skip_start", 10), skip_end=ran.get("skip_end", 5),
+                    skip_start=ran.get("skip_start"), skip_end=ran.get("skip_end"),
                     settings=ran)
     if (old.get("method"), old.get("lr_min_rule"), old.get("lr_max")) != \
             (result.method, result.lr_min_rule, result.lr_max):

@@ -120,10 +120,10 @@ def _ray_servers() -> set[int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_driver_resumes_on_the_next_run(tmp_path, sig):
-    cfg = tiny_train_config(tmp_path, epochs=12, peak_epoch=3)
+    cfg = tiny_train_config(tmp_path, epochs=6, peak_epoch=2)
     argv = [sys.executable, "-m", "raycifar.train", "--data-dir", cfg.data_dir, "--cache-dir",
             cfg.cache_dir, "--storage-path", cfg.storage_path, "--name", "int",
-            "--epochs", "12", "--peak-epoch", "3", "--batch-size", "16", "--lr-max", "0.05",
+            "--epochs", "6", "--peak-epoch", "2", "--batch-size", "16", "--lr-max", "0.05",
             "--lr-min", "0.005", "--cpus-per-worker", "1", "--loader-workers", "0",
             "--precision", "fp32"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
@@ -139,7 +139,7 @@ def test_an_interrupted_driver_resumes_on_the_next_run(tmp_path, sig):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
     done = len(run.read_csv("metrics.csv"))
-    assert done < 12
+    assert done < 6
     assert f"interrupted; {run.uri} keeps the checkpoint of epoch {done}" in out
     deadline = time.time() + 30
     while _ray_servers() - before and time.time() < deadline:  # the local Ray went with it
@@ -150,8 +150,40 @@ def test_an_interrupted_driver_resumes_on_the_next_run(tmp_path, sig):
 
     again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=400)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"has a checkpoint: resuming after epoch {done} of 12" in again.stdout
-    assert [int(r["epoch"]) for r in run.read_csv("metrics.csv")] == list(range(1, 13))
+    assert f"has a checkpoint: resuming after epoch {done} of 6" in again.stdout
+    assert [int(r["epoch"]) for r in run.read_csv("metrics.csv")] == list(range(1, 7))
     steps = [int(s["step"]) for s in run.read_csv("lr_steps.csv")]
     assert steps == list(range(len(steps)))
+    assert not _ray_servers() - before
+
+
+def test_two_runs_and_a_search_at_once_finish_and_leave_nothing_behind(tmp_path):
+    """Each starts its own local Ray on the same 2 cores; all finish, no Ray process survives."""
+    cfg = tiny_train_config(tmp_path)
+    common = ["--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir, "--storage-path",
+              cfg.storage_path, "--epochs", "3", "--peak-epoch", "1", "--batch-size", "16",
+              "--lr-max", "0.05", "--lr-min", "0.005", "--cpus-per-worker", "1",
+              "--loader-workers", "0", "--precision", "fp32"]
+    commands = {
+        "a": ["raycifar.train", *common, "--name", "a"],
+        "b": ["raycifar.train", *common, "--name", "b"],
+        "s": ["raycifar.tune", "search", *common, "--name", "s", "--candidates", "2",
+              "--search-epochs", "1", "--holdout", "12", "--num-steps", "12", "--end-lr", "1"],
+    }
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    before = _ray_servers()
+    procs = {k: subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, env=env)
+             for k, argv in commands.items()}
+    outs = {k: p.communicate(timeout=500)[0] for k, p in procs.items()}
+    for k, p in procs.items():
+        assert p.returncode == 0, f"{k}:\n{outs[k][-3000:]}"
+    for name in ("a", "b"):
+        run = RunFolder(os.path.join(cfg.storage_path, name))
+        assert [r["epoch"] for r in run.read_csv("metrics.csv")] == ["1", "2", "3"]
+        assert run.exists("summary.json")
+    assert RunFolder(os.path.join(cfg.storage_path, "s")).exists("best.json")
+    deadline = time.time() + 30
+    while _ray_servers() - before and time.time() < deadline:
+        time.sleep(0.5)
     assert not _ray_servers() - before

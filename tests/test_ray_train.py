@@ -51,3 +51,14 @@ def test_two_workers_train_write_the_run_folder_and_resume(tmp_path, ray_cluster
     state = torch.load(io.BytesIO(run.read_bytes("model.pt")), weights_only=True)
     from raycifar.model import CustomResNet
     CustomResNet(num_classes=3).load_state_dict(state)
+
+
+def test_the_device_batches_path_trains_under_ddp(tmp_path, ray_cluster):
+    cfg = tiny_train_config(tmp_path, name="fast", num_workers=2, augment="gpu", epochs=2)
+    summary = fit(cfg).return_value
+    run = RunFolder(cfg.run_dir)
+    rows = run.read_csv("metrics.csv", required=METRIC_COLUMNS)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert run.read_json("config.json")["steps_per_epoch"] == 5  # 36 per rank, batches of 8
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert summary["epochs"] == 2 and summary["test_images"] == 24

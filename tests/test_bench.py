@@ -1,0 +1,162 @@
+"""`python -m raycifar.bench`: the pure pieces, the plain loops on tiny data, and one whole run."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from raycifar import bench
+from raycifar.config import TrainConfig
+
+from conftest import tiny_train_config, write_folder
+
+MACHINE = {"cpu": "Test CPU 9000", "cores": 2, "ram_gib": 8.0, "gpu": None, "torch": "2.x",
+           "ray": "2.60.0", "precision": "fp32"}
+
+
+def _result(values: dict[str, list[float]], notes=("a note",)) -> dict:
+    figures = bench.summarise(values)
+    return {"machine": MACHINE, "repeats": 3, "command": "python -m raycifar.bench --subset 64",
+            "figures": figures, "ratios": bench.ratios(figures, 2), "notes": list(notes),
+            "batch_size": 16, "subset": 64}
+
+
+def test_summarise_takes_medians_in_report_order_and_drops_empty_figures():
+    figs = bench.summarise({"plain": [30.0, 10.0, 20.0], "ray": [9.0, 11.0, 10.0],
+                            "gpu_peak_plain": []})
+    assert list(figs) == ["ray", "plain"]  # FIGURES order, not insertion order
+    assert figs["plain"]["median"] == 20.0 and figs["plain"]["values"] == [30.0, 10.0, 20.0]
+    assert figs["ray"]["unit"] == "img/s" and figs["ray"]["label"] == bench.FIGURES["ray"][0]
+
+
+def test_ratios_are_of_medians_and_leave_out_missing_figures():
+    figs = bench.summarise({"plain": [20.0], "ray": [10.0], "loader_worker": [15.0]})
+    r = bench.ratios(figs, loader_workers=2)
+    assert r["ray_over_plain"]["value"] == pytest.approx(0.5)
+    assert r["loader_worker_over_plain"]["value"] == pytest.approx(0.75)
+    assert r["loader_workers_over_plain"]["value"] == pytest.approx(1.5)
+    assert "2 loader workers" in r["loader_workers_over_plain"]["label"]
+    assert "ray2_over_ray1" not in r and "gpu_augment_over_plain" not in r
+
+
+def test_markdown_holds_the_machine_the_command_every_figure_and_ratio():
+    values = {"ray": [9.0, 11.0, 10.0], "ray_2workers": [12.0, 13.0, 14.0],
+              "plain": [20.0, 21.0, 22.0], "plain_gpu_augment": [30.0, 31.0, 32.0],
+              "loader_worker": [100.0, 110.0, 120.0], "first_step": [5.0, 6.0, 7.0],
+              "command_to_first_step": [12.5], "host_peak_rss_self": [900.0],
+              "host_peak_rss_children": [300.0]}
+    result = _result(values, notes=["Ray 2 workers: 1 CPU(s) and batch 8 each"])
+    text = bench.markdown(result)
+    assert "Test CPU 9000, 2 cores, 8.0 GiB RAM, GPU: none" in text
+    assert "torch 2.x, ray 2.60.0; precision fp32" in text
+    assert "`python -m raycifar.bench --subset 64`" in text
+    for key, vals in values.items():
+        label, unit = bench.FIGURES[key]
+        row = f"| {label} | {unit} | {sorted(vals)[len(vals) // 2]:.1f} | "
+        assert row + ", ".join(f"{v:.1f}" for v in vals) + " |" in text, key
+    for r in result["ratios"].values():
+        assert f"| {r['label']} | {r['value']:.2f} |" in text
+    assert "| Ray 1 worker / plain loop | 0.48 |" in text
+    assert "- Ray 2 workers: 1 CPU(s) and batch 8 each" in text
+
+
+def test_run_repeats_interleaves_variants_and_times_the_command_once():
+    calls = []
+
+    def fake(name, value, **extra):
+        def measure():
+            calls.append(name)
+            return {name: value, **extra}
+        return measure
+
+    steps = [fake("ray", 10.0, ready_at=105.0, first_step=3.0), fake("plain", 20.0,
+             gpu_peak_plain=None), fake("ray_2workers", 15.0, ready_at=200.0)]
+    values = bench.run_repeats(steps, repeats=3, started=100.0)
+    assert calls == ["ray", "plain", "ray_2workers"] * 3
+    assert values["plain"] == [20.0] * 3 and values["first_step"] == [3.0] * 3
+    assert values["command_to_first_step"] == [5.0]  # the first Ray run only
+    assert "gpu_peak_plain" not in values  # None: no GPU
+
+
+def _cfg(**changes) -> TrainConfig:
+    return TrainConfig(batch_size=16, cpus_per_worker=2, **changes)
+
+
+def test_plan_skips_two_workers_on_one_gpu():
+    steps, notes = bench.plan(_cfg(), None, use_gpu=True, cluster={"CPU": 16, "GPU": 1})
+    assert len(steps) == 4  # ray, plain, plain augment=gpu, loader worker
+    assert any("Ray 2 workers skipped: 1 GPU(s)" in n for n in notes)
+
+
+def test_plan_gives_two_cpu_workers_half_the_cluster_each():
+    steps, notes = bench.plan(_cfg(), None, use_gpu=False, cluster={"CPU": 6})
+    assert len(steps) == 5
+    assert "Ray 2 workers: 3 CPU(s) and batch 8 each" in notes
+    _, notes = bench.plan(_cfg(), None, use_gpu=False, cluster={"CPU": 1})
+    assert "Ray 2 workers: 1 CPU(s) and batch 8 each" in notes
+
+
+def test_plan_skips_the_gpu_augment_variant_when_it_is_already_the_plain_one():
+    steps, notes = bench.plan(_cfg(augment="gpu"), None, use_gpu=False, cluster={"CPU": 2})
+    assert len(steps) == 4
+    assert any("augment=gpu skipped" in n for n in notes)
+
+
+def test_parser_takes_the_train_flags_and_the_bench_ones():
+    args = bench.build_parser().parse_args([])
+    assert (args.subset, args.repeats, args.out, args.json) == (3072, 3, "BENCHMARKS.md", None)
+    args = bench.build_parser().parse_args(["--augment", "gpu", "--batch-size", "64",
+                                            "--repeats", "5", "--json", "b.json"])
+    assert (args.augment, args.batch_size, args.repeats, args.json) == ("gpu", 64, 5, "b.json")
+
+
+def test_repeats_below_one_is_a_one_line_error(capsys):
+    assert bench.main(["--repeats", "0"]) == 2
+    assert "repeats=0 must be >= 1" in capsys.readouterr().err
+
+
+def test_machine_info_names_the_versions_and_the_precision():
+    m = bench.machine_info("fp32")
+    assert m["cores"] >= 1 and m["precision"] == "fp32" and m["ray"] and m["torch"]
+
+
+def test_plain_loops_and_loader_worker_run_on_tiny_data(tmp_path):
+    from raycifar.data import load_arrays
+
+    cfg = tiny_train_config(tmp_path, batch_size=8, subset=24, use_gpu=False)  # 3 steps
+    arrays = load_arrays(cfg)
+    for c in (cfg, cfg.replace(augment="gpu")):
+        rate, peak = bench.plain_images_per_second(c, arrays)
+        assert rate > 0 and peak is None
+    assert bench.loader_images_per_second(cfg, arrays) > 0
+
+
+@pytest.mark.ray
+def test_whole_bench_writes_markdown_and_json_with_every_variant(tmp_path, ray_cluster):
+    data = write_folder(tmp_path / "data", n_train=24, n_test=8)
+    md, js = tmp_path / "BENCH.md", tmp_path / "bench.json"
+    argv = ["--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"), "--subset", "32",
+            "--batch-size", "16", "--lr-max", "0.05", "--lr-min", "0.005",
+            "--cpus-per-worker", "1", "--loader-workers", "0", "--precision", "fp32",
+            "--no-channels-last", "--no-use-gpu", "--repeats", "1",
+            "--out", str(md), "--json", str(js)]
+    assert bench.main(argv) == 0
+
+    result = json.loads(js.read_text())
+    expected = ["ray", "ray_2workers", "plain", "plain_gpu_augment", "loader_worker",
+                "first_step", "command_to_first_step", "host_peak_rss_self"]
+    for key in expected:
+        assert result["figures"][key]["median"] > 0, key
+        assert all(v > 0 for v in result["figures"][key]["values"]), key
+    assert result["ray"][0] > 0 and result["plain"][0] > 0 and result["ratio"] > 0  # old fields
+    assert result["command"].endswith("--json " + str(js))
+    assert isinstance(result["loader_keeps_up"], bool)
+
+    text = md.read_text()
+    assert result["command"] in text and "Machine: " in text
+    for key in expected:
+        row = re.search(re.escape(f"| {bench.FIGURES[key][0]} | ") + r"\S+ \| ([\d.]+) \|", text)
+        assert row and float(row.group(1)) > 0, key
+    assert "| Ray 1 worker / plain loop |" in text
