@@ -135,14 +135,16 @@ def draw_lr_finder(curve: dict[str, np.ndarray], choice: dict[str, Any], path: P
         ax.plot(curve["lr"], curve["smoothed_loss"], color="C0", lw=1, ls=":",
                 label="EMA (divergence stop)")
         smooth = "curve"
-    ax.plot(curve["lr"], curve[smooth], color="C0", lw=2, label="smoothed loss")
+    ax.plot(curve["lr"], curve[smooth], color="C0", lw=2,
+            label="smoothed (zero-lag)" if smooth == "curve" else "smoothed loss")
     ax.axvline(choice["lr_max"], color="C3", ls="--", label=f"LRMAX = {choice['lr_max']:.3g}")
     ax.axvline(choice["lr_min"], color="C2", ls="--", label=f"LRMIN = {choice['lr_min']:.3g}")
     ax.set(xscale="log", xlabel="learning rate (log scale)", ylabel="training loss",
            title=f"LR range test (suggestion: {choice.get('method', '?')})")
     finite = curve[smooth][np.isfinite(curve[smooth])]
+    raw = curve["loss"][np.isfinite(curve["loss"])]
     if len(finite):  # clip the diverging tail, which would flatten the useful part
-        low, start = finite.min(), finite[: max(1, len(finite) // 10)].max()
+        low, start = min(finite.min(), raw.min()), finite[: max(1, len(finite) // 10)].max()
         if start > low:
             ax.set_ylim(low - 0.1 * (start - low), min(finite.max(), start + 0.6 * (start - low)))
     ax.legend(), ax.grid(alpha=0.3, which="both")

@@ -1,0 +1,20 @@
+# The full 24-epoch run on the 45,000 dev training images, LRMAX and LRMIN found (--lr auto).
+# Run from the repository root. This 2-core CPU trains ~40 images/s, so the run is done in
+# pieces across working sessions: each piece is the same command, which resumes from the last
+# epoch checkpoint in /work/runs/dev-full (--stop-after-epoch only decides where a piece ends).
+tar -xzf ../shared/data/cifar10-dev.tar.gz -C /tmp
+export RAY_AUTH_MODE=disabled
+
+# 1. The range test as a Tune run (2026-11-28 21:40-22:10, commit b5bffe2;
+#    100 steps of 512 images, 1e-4 -> 10, exponential).
+python -m raycifar.tune lr-find --data-dir /tmp/cifar10-dev --storage-path /work/runs --name dev-full
+
+# 2. Training with what it found (started 22:10 the same day, 5f27f8f plus the edits committed
+#    as 442ea67 and eb588b4). The folder already held that
+#    sweep, so --lr auto read it again with --method minimum (the default since 442ea67) and
+#    --lr-min-rule onset instead of sweeping a second time: LRMAX 0.0955, LRMIN 0.00145.
+python -m raycifar.train --data-dir /tmp/cifar10-dev --storage-path /work/runs --name dev-full \
+    --lr auto --lr-min-rule onset --stop-after-epoch 6
+
+# 3. When all 24 epochs are done: the report.
+python jobs/report.py /work/runs/dev-full --out results/dev-full
