@@ -391,6 +391,9 @@ def main(args) -> int:
     from .resume import check_resumable, latest_checkpoint
 
     cfg = config_from_args(args)
+    if args.lr_search:
+        from .tune import check_search_epochs
+        check_search_epochs(args.search_epochs)
     started = time.perf_counter()
     arrays = load_arrays(cfg)  # validates the data (and fills the decode cache) before Ray starts
     print(f"[raycifar] data: {len(arrays.y_train)} train / {len(arrays.y_test)} test images, "

@@ -112,6 +112,12 @@ def candidates(center: float, k: int, span: float = 4.0) -> list[float]:
     return [float(x) for x in np.geomspace(center / span, center * span, k)]
 
 
+def check_search_epochs(epochs: int) -> None:
+    if epochs < 2:
+        raise RaycifarError(f"--search-epochs {epochs}: each candidate needs >= 2 epochs, so its "
+                            "LR can rise to the peak and fall after it")
+
+
 def search(cfg: TrainConfig, center: float, k: int = 4, epochs: int = 4, lr_min_div: float = 10,
            validation: int = 5000, use_gpu: bool = False, span: float = 4.0,
            lrs: Optional[list[float]] = None) -> dict:
@@ -119,6 +125,7 @@ def search(cfg: TrainConfig, center: float, k: int = 4, epochs: int = 4, lr_min_
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    check_search_epochs(epochs)
     peak = max(1, round(epochs * cfg.peak_epoch / cfg.epochs))
     short = cfg.replace(epochs=epochs, peak_epoch=min(peak, epochs - 1), stop_after_epoch=0,
                         validation=validation)
@@ -300,6 +307,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _triangle(args, parser.prog)
     try:
         cfg = config_from_args(args)
+        if args.command == "search":
+            check_search_epochs(args.search_epochs)
         load_arrays(cfg)  # fail fast on bad data, before Ray starts
         init_ray(args.address)
         finding = lr_find(cfg, range_test_settings(args))

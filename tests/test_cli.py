@@ -66,6 +66,8 @@ def bad_inputs(tmp):
                               "0.1"], "must be below lr_max"),
         "peak_epoch >= epochs": ([*common, "--data-dir", str(good), "--epochs", "5",
                                   "--peak-epoch", "5"], "peak_epoch=5 must be in"),
+        "search too short": ([*common, "--data-dir", str(good), "--lr", "auto", "--lr-search",
+                              "--search-epochs", "1"], "needs >= 2 epochs"),
         "too many workers": ([*common, "--data-dir", str(good), "--num-workers", "4",
                               "--cpus-per-worker", "1", "--batch-size", "8"],
                              "cannot be placed"),
