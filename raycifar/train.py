@@ -315,7 +315,7 @@ def init_ray(address: Optional[str]) -> None:
     if address:
         ray.init(address=address)
     else:
-        port = _free_port()
+        port = free_port()
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by Ray when it starts the head
         try:
             ray.init(_node_ip_address="127.0.0.1", resources={DRIVER_RESOURCE: DRIVER_SLOTS},
@@ -347,7 +347,7 @@ def _sigterm_like_ctrl_c() -> None:
         signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:
@@ -411,7 +411,8 @@ def main(args) -> int:
                              expected_nodes=2 if room < cfg.num_workers else 0)
     run = RunFolder(cfg.run_dir)
     run.delete(DIVERGED_FILE)  # a new command may try again (a changed LR fails the check below)
-    cfg, lr_source = choose_lrs(cfg, args, use_gpu, latest_checkpoint(run) is not None)
+    cfg, lr_source = choose_lrs(cfg, args, use_gpu, latest_checkpoint(run) is not None,
+                                len(arrays.y_train))
     after = check_resumable(cfg, len(arrays.classes))
     if after is not None:
         print(f"[raycifar] {cfg.run_dir} has a checkpoint: resuming after epoch {after} of "
@@ -445,7 +446,8 @@ def main(args) -> int:
     return 0
 
 
-def choose_lrs(cfg: TrainConfig, args, use_gpu: bool, resuming: bool) -> tuple[TrainConfig, dict]:
+def choose_lrs(cfg: TrainConfig, args, use_gpu: bool, resuming: bool,
+               train_images: Optional[int] = None) -> tuple[TrainConfig, dict]:
     """LRMAX/LRMIN from the flags, an earlier finding (--lr-from) or the range test."""
     from . import tune
 
@@ -453,7 +455,7 @@ def choose_lrs(cfg: TrainConfig, args, use_gpu: bool, resuming: bool) -> tuple[T
         finding = tune.load_finding(args.lr_from or cfg.run_dir)
     elif args.lr == "auto":
         settings = tune.range_test_settings(args)
-        finding = tune.matching_finding(cfg, settings)
+        finding = tune.matching_finding(cfg, settings, train_images)
         if finding is not None:  # e.g. `tune lr-find` ran first, or training never started
             print(f"[raycifar] {cfg.run_dir}/lr_finder.json holds a range test with these "
                   "settings on this data: using it instead of running it again", flush=True)

@@ -227,7 +227,8 @@ def range_test_settings(args) -> dict:
 SWEEP_KEYS = ("start_lr", "end_lr", "num_steps", "mode")
 
 
-def matching_finding(cfg: TrainConfig, settings: dict) -> Optional[dict]:
+def matching_finding(cfg: TrainConfig, settings: dict,
+                     train_images: Optional[int] = None) -> Optional[dict]:
     """The range test already in `cfg.run_dir`, if it swept the same LRs on the same data.
 
     Only the sweep is expensive: its suggestions are read again from `lr_finder.csv` with the
@@ -240,7 +241,8 @@ def matching_finding(cfg: TrainConfig, settings: dict) -> Optional[dict]:
     ran, want = old.get("settings", {}), {**RANGE_TEST_DEFAULTS, **settings}
     same = (all(ran.get(k) == want[k] for k in SWEEP_KEYS) and not ran.get("validation")
             and ran.get("batch_size") == cfg.batch_size and ran.get("seed", cfg.seed) == cfg.seed
-            and ran.get("train_images") == _train_images(cfg))
+            and ran.get("train_images") == (train_images if train_images is not None
+                                            else len(load_arrays(cfg).y_train)))
     if not same:
         return None
     rows = run.read_csv("lr_finder.csv", required=["lr", "loss"])
@@ -256,10 +258,6 @@ def matching_finding(cfg: TrainConfig, settings: dict) -> Optional[dict]:
                                      f"{old.get('lr_max')}, LRMIN {old.get('lr_min')})")
     result.save(run)
     return run.read_json("lr_finder.json")
-
-
-def _train_images(cfg: TrainConfig) -> int:
-    return len(load_arrays(cfg).y_train)
 
 
 def build_parser():

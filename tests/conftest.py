@@ -76,14 +76,6 @@ def image_folder(tmp_path: Path) -> Path:
     return write_folder(tmp_path / "data")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray head (2 CPUs, 4 Tune driver slots) for every test that needs a cluster.
@@ -101,13 +93,15 @@ def ray_cluster():
 
     import ray
 
-    port = _free_port()
+    from raycifar.train import free_port
+
+    port = free_port()
     address = f"127.0.0.1:{port}"
     temp = tempfile.mkdtemp(prefix="rc-ray-", dir="/tmp")  # short: Ray's socket paths are capped
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
                     "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                     '--resources={"tune_driver": 4}', "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={_free_port()}", f"--temp-dir={temp}",
+                    f"--dashboard-port={free_port()}", f"--temp-dir={temp}",
                     "--disable-usage-stats"], check=True, capture_output=True)
     try:
         ray.init(address=address, runtime_env={"env_vars": {"RAY_ADDRESS": address}})
