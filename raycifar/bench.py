@@ -41,6 +41,7 @@ from torch import nn
 from .batch_augment import DeviceBatches
 from .cli import add_config_arguments, add_debug_flag, config_from_args, run_cli
 from .config import ConfigError, TrainConfig
+from .connect import init_ray
 from .data import ArrayDataset, CifarArrays, load_arrays
 from .engine import AUTOCAST_DTYPES, resolve_precision
 from .model import CustomResNet
@@ -299,8 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    from .train import init_ray
-
     started = _process_start()
     if args.repeats < 1:
         raise ConfigError([f"repeats={args.repeats} must be >= 1"])

@@ -21,15 +21,16 @@ import random
 import tempfile
 import time
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import __version__
-from .config import TrainConfig
 from .batch_augment import DeviceBatches
+from .config import TrainConfig
+from .connect import init_ray
 from .data import ArrayDataset, load_arrays
 from .engine import DivergenceError, evaluate, make_scaler, resolve_precision, train_epoch
 from .faults import ENV as FAULT_ENV
@@ -285,76 +286,6 @@ def _git_commit() -> Optional[str]:
         return None
 
 
-def set_ray_env_defaults() -> None:
-    """Quieter, single-copy logs and the dashboard's Train tab, unless the user set them."""
-    for key, value in {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-                       "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
-                       "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}.items():
-        os.environ.setdefault(key, value)
-
-
-DRIVER_RESOURCE = "tune_driver"  # what Tune trials hold instead of a CPU (see raycifar.tune)
-DRIVER_SLOTS = 4                  # trial drivers a local cluster can hold at once
-
-
-def init_ray(address: Optional[str]) -> None:
-    """Join `address`, or start a local Ray that its own workers can find among others.
-
-    SIGTERM then behaves like Ctrl-C (see `_sigterm_like_ctrl_c`).
-
-    Ray Train's placement-group cleaner finds "its" cluster through RAY_ADDRESS or, without
-    it, the most recently started one; with two local runs on one machine it would watch the
-    wrong cluster and free a live run's workers. A local Ray therefore gets a GCS port chosen
-    here, and its jobs get RAY_ADDRESS pointing at it.
-    """
-    import ray
-
-    set_ray_env_defaults()
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address)
-    else:
-        port = free_port()
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by Ray when it starts the head
-        try:
-            ray.init(_node_ip_address="127.0.0.1", resources={DRIVER_RESOURCE: DRIVER_SLOTS},
-                     runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}})
-        finally:
-            os.environ.pop("RAY_GCS_SERVER_PORT", None)
-    _sigterm_like_ctrl_c()
-
-
-def _sigterm_like_ctrl_c() -> None:
-    """SIGTERM (`kill`, a scheduler, `ray job stop`) ends a run like Ctrl-C does.
-
-    ray.init makes SIGTERM a bare exit. Instead it goes to whatever handles Ctrl-C at the
-    moment: inside `TorchTrainer.fit` that is Ray Train's graceful abort, elsewhere Python's
-    KeyboardInterrupt; either way `main` says which epoch's checkpoint the next run resumes
-    from, and Ray shuts down on the way out.
-    """
-    import signal
-    import threading
-
-    def on_sigterm(signum, frame):
-        handler = signal.getsignal(signal.SIGINT)
-        if callable(handler):
-            handler(signal.SIGINT, frame)
-        else:
-            raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
         callbacks: Optional[list] = None):
     """Build the TorchTrainer for `cfg` and run it; returns Ray's Result."""
@@ -429,7 +360,7 @@ def main(args) -> int:
         if result.return_value is None:  # Ray Train aborted the run on Ctrl-C / SIGTERM
             raise KeyboardInterrupt
     except (KeyboardInterrupt, SystemExit) as e:
-        # Ray Train turns Ctrl-C (and so SIGTERM, see _sigterm_like_ctrl_c) into an abort that
+        # Ray Train turns Ctrl-C (and so SIGTERM, see raycifar.connect) into an abort that
         # leaves fit() with SystemExit(1) or an empty result.
         done = check_resumable(cfg, len(arrays.classes))
         print(f"[raycifar] interrupted; {cfg.run_dir} keeps the checkpoint of epoch {done}"

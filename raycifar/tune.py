@@ -16,7 +16,6 @@ Trials hold a custom `tune_driver` resource instead of a CPU, so two concurrent 
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional
 
 import numpy as np
@@ -24,12 +23,13 @@ import torch
 from torch import nn
 
 from .config import RaycifarError, TrainConfig
+from .connect import DRIVER_RESOURCE, init_ray
 from .data import ArrayDataset, load_arrays
 from .engine import resolve_precision
 from .lr_finder import LRMAX_METHODS, LRMIN_RULES, range_test, reread
 from .model import CustomResNet
 from .runs import RunFolder, RunFolderError
-from .train import DRIVER_RESOURCE, make_optimizer
+from .train import make_optimizer
 from .transforms import train_transform
 
 RANGE_TEST_DEFAULTS = {"start_lr": 1e-4, "end_lr": 10.0, "num_steps": 100, "mode": "exp",
@@ -297,7 +297,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     import traceback
 
     from .cli import config_from_args
-    from .train import init_ray
 
     parser = build_parser()
     args = parser.parse_args(argv)

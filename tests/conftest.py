@@ -93,7 +93,7 @@ def ray_cluster():
 
     import ray
 
-    from raycifar.train import free_port
+    from raycifar.connect import free_port
 
     port = free_port()
     address = f"127.0.0.1:{port}"

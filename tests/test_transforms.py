@@ -1,7 +1,6 @@
 """Each augmentation step checked for its effect on known images, not only shapes."""
 
 import numpy as np
-import pytest
 
 from raycifar.transforms import eval_transform, train_transform
 
