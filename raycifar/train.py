@@ -94,17 +94,18 @@ def train_loop_per_worker(config: dict) -> dict:
 
     arrays = load_arrays(cfg)
     mean, std = arrays.mean_std()
-    train_ds = ArrayDataset(arrays.x_train, arrays.y_train, train_transform(mean, std))
     # Each rank evaluates its own slice of the test set; sums are all-reduced.
     test_idx = np.arange(rank, len(arrays.y_test), world)
     test_ds = ArrayDataset(arrays.x_test[test_idx], arrays.y_test[test_idx],
                            eval_transform(mean, std))
     loader_gen = torch.Generator().manual_seed(cfg.seed)
+    train_ds = None  # albumentations' per-image pipeline, unless the device augments
     if cfg.augment == "gpu":  # the data on the device, augmented batch-wise there
         train_loader = DeviceBatches(arrays.x_train, arrays.y_train, cfg.batch_size // world,
                                      mean, std, device, cfg.seed, rank, world,
                                      channels_last=cfg.channels_last)
     else:
+        train_ds = ArrayDataset(arrays.x_train, arrays.y_train, train_transform(mean, std))
         train_loader = torch.utils.data.DataLoader(
             train_ds, batch_size=cfg.batch_size // max(world, 1), shuffle=True,
             num_workers=cfg.loader_workers, worker_init_fn=_seed_loader_worker,
@@ -166,8 +167,9 @@ def train_loop_per_worker(config: dict) -> dict:
         # albumentations draws from its own generator, seeded from OS entropy unless told; a
         # seed per (epoch, rank) makes runs repeatable and a resumed epoch redo the same crops
         # (loader processes re-seed their copy from torch's per-worker seed instead).
-        train_ds.transform.set_random_seed(int(np.random.SeedSequence(
-            [cfg.seed, epoch, rank]).generate_state(1)[0]))
+        if train_ds is not None:
+            train_ds.transform.set_random_seed(int(np.random.SeedSequence(
+                [cfg.seed, epoch, rank]).generate_state(1)[0]))
         try:
             res = train_epoch(
                 model, train_loader, optimizer, scheduler, loss_fn, scaler, device=device,
