@@ -177,6 +177,11 @@ def suggest_lr_max(lrs, curve, method: str = "steepest", skip_start: Optional[in
     skip_end = max(1, n // 20) if skip_end is None else skip_end
     end = usable_end(curve)
     if end < len(curve) - skip_end:
+        if end < skip_start + 3 and method != "valley":
+            raise RangeTestError(
+                f"the loss climbs from step {end} (LR {float(lrs[end]):.3g}) on, before the "
+                f"{skip_start} skipped warm-up steps are over: the sweep starts too high; "
+                "use a lower --start-lr")
         lrs, curve, skip_end = lrs[:end], curve[:end], 0
     if method == "steepest":
         return suggest_steepest(lrs, curve, skip_start, skip_end)

@@ -95,6 +95,15 @@ def test_suggestions_ignore_a_recovery_after_the_blow_up():
         assert suggest_lr_max(lrs, c, method) < 0.5, method
 
 
+def test_a_loss_that_climbs_from_the_start_asks_for_a_lower_start_lr():
+    from raycifar.lr_finder import suggest_lr_max
+    lrs, loss = synthetic_curve(n=100, knee=1e-5)  # the useful range lies below the sweep
+    loss = loss + np.where(lrs > 3e-4, np.log10(lrs / 3e-4), 0)  # rising from step ~10 on
+    for method in ("steepest", "minimum"):
+        with pytest.raises(RangeTestError, match="starts too high; use a lower --start-lr"):
+            suggest_lr_max(lrs, zero_lag(loss), method)
+
+
 def test_reread_gives_the_suggestions_a_new_sweep_would():
     lrs, loss = synthetic_curve(n=100, knee=0.1, noise=0.02)
     again = reread(list(lrs), list(loss), method="minimum", lr_min_rule="onset")
