@@ -28,7 +28,8 @@ HELP = {
                "(the GPU, or the CPU without one), data held there as uint8",
     "epochs": "number of epochs",
     "peak_epoch": "the LR peaks at the last step of this epoch",
-    "lr_max": "peak LR of the One Cycle (LRMAX)",
+    "lr_max": "peak LR of the One Cycle (LRMAX); giving it (or --lr-min) trains with the LRs "
+              "given instead of finding them",
     "lr_min": "start and final LR of the One Cycle (LRMIN; no annihilation)",
     "cycle_momentum": "cycle momentum inversely to the LR (One Cycle's original form)",
     "batch_size": "global batch size, split evenly across workers",
@@ -58,6 +59,19 @@ CHOICES = {"data_format": DATA_FORMATS, "optimizer": OPTIMIZERS, "precision": PR
            "augment": AUGMENTS}
 
 
+class _StoreGiven(argparse._StoreAction):
+    """Stores the value like `store`, and notes that the flag was given (see `given`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        namespace.given_flags = getattr(namespace, "given_flags", frozenset()) | {self.dest}
+
+
+def given(args: argparse.Namespace) -> frozenset:
+    """The TrainConfig fields whose flags were on the command line (not their defaults)."""
+    return getattr(args, "given_flags", frozenset())
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, typed and defaulted from the dataclass."""
     for f in dataclasses.fields(TrainConfig):
@@ -68,7 +82,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                                 default=default, help=HELP[f.name])
             continue
         kind = {int: int, float: float}.get(type(default), str)
-        parser.add_argument(flag, dest=f.name, type=kind, default=default,
+        parser.add_argument(flag, dest=f.name, type=kind, default=default, action=_StoreGiven,
                             choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES
                             else f.name.upper(), help=HELP[f.name] + " (default: %(default)s)")
 

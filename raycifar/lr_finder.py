@@ -15,10 +15,12 @@ Suggestions for LRMAX, all ignoring the first `skip_start` and last `skip_end` p
 spikes and the blow-up):
   * ``steepest``: the LR where the curve falls fastest against log LR (minimum gradient);
   * ``valley``: fastai's rule: the longest run of decreasing curve, two thirds of the way down;
-  * ``minimum``: the LR where the curve is lowest, i.e. where the loss stops falling: Smith's
+  * ``minimum`` (the default): the LR where the curve is lowest, i.e. where the loss stops falling: Smith's
     upper bound for a cyclical schedule, the highest LR that still trains.
-LRMIN by a rule: ``div`` (LRMAX / `lr_min_div`, 10 by default) or ``onset`` (the LR where the
-curve first falls `onset_drop` (2%) below its starting value: Smith's base LR).
+LRMIN by a rule: ``onset`` (the default: the LR where the curve first falls `onset_drop` (2%)
+below its starting value, Smith's base LR, at most LRMAX/2) or ``div`` (LRMAX / `lr_min_div`).
+With no annihilation the One Cycle ends at LRMIN, so LRMIN is also the LR training ends at;
+LRMAX/10 ends too hot for this network (see README).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from .engine import _to_device, autocast, make_scaler
 
 LRMAX_METHODS = ("steepest", "valley", "minimum")
 LRMIN_RULES = ("div", "onset")
+DEFAULT_METHOD = "minimum"     # the defaults of `train` and `tune` too
+DEFAULT_LR_MIN_RULE = "onset"
 
 
 class RangeTestError(RaycifarError):
@@ -166,7 +170,7 @@ def usable_end(curve, rise: float = 0.05) -> int:
     return int(above[0]) if len(above) else len(c)
 
 
-def suggest_lr_max(lrs, curve, method: str = "steepest", skip_start: Optional[int] = None,
+def suggest_lr_max(lrs, curve, method: str = DEFAULT_METHOD, skip_start: Optional[int] = None,
                    skip_end: Optional[int] = None) -> float:
     """LRMAX by `method`, read from the curve before the blow-up (see `usable_end`).
 
@@ -227,9 +231,9 @@ def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, s: dict) -> Non
 def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable,
                loss_fn: Callable, *, start_lr: float = 1e-4, end_lr: float = 10.0,
                num_steps: int = 100, mode: str = "exp", beta: float = 0.98,
-               diverge_factor: float = 4.0, method: str = "steepest", lr_min_rule: str = "div",
-               lr_min_div: float = 10.0, skip_start: Optional[int] = None,
-               skip_end: Optional[int] = None,
+               diverge_factor: float = 4.0, method: str = DEFAULT_METHOD,
+               lr_min_rule: str = DEFAULT_LR_MIN_RULE, lr_min_div: float = 10.0,
+               skip_start: Optional[int] = None, skip_end: Optional[int] = None,
                curve_beta: float = 0.9, val_loader: Optional[Iterable] = None,
                device: torch.device = torch.device("cpu"),
                precision: str = "fp32", channels_last: bool = False,
@@ -282,8 +286,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Itera
                   stopped_early=stopped, settings=settings)
 
 
-def reread(lrs: list[float], losses: list[float], *, method: str = "steepest",
-           lr_min_rule: str = "div", lr_min_div: float = 10.0, beta: float = 0.98,
+def reread(lrs: list[float], losses: list[float], *, method: str = DEFAULT_METHOD,
+           lr_min_rule: str = DEFAULT_LR_MIN_RULE, lr_min_div: float = 10.0, beta: float = 0.98,
            curve_beta: float = 0.9, skip_start: Optional[int] = None,
            skip_end: Optional[int] = None,
            stopped_early: bool = False, settings: Optional[dict] = None) -> RangeTestResult:

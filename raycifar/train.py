@@ -29,7 +29,8 @@ from torch import nn
 
 from . import __version__
 from .batch_augment import DeviceBatches
-from .config import TrainConfig
+from .cli import given
+from .config import ConfigError, TrainConfig
 from .connect import init_ray
 from .data import ArrayDataset, load_arrays
 from .engine import DivergenceError, evaluate, make_scaler, resolve_precision, train_epoch
@@ -327,6 +328,9 @@ def main(args) -> int:
     if args.lr_search:
         from .tune import check_search_epochs
         check_search_epochs(args.search_epochs)
+        if lr_mode(args) != "auto" or args.lr_from:
+            raise ConfigError(["--lr-search refines LRs it finds: drop --lr-max/--lr-min, "
+                               "--lr manual and --lr-from, or add --lr auto"])
     started = time.perf_counter()
     arrays = load_arrays(cfg)  # validates the data (and fills the decode cache) before Ray starts
     print(f"[raycifar] data: {len(arrays.y_train)} train / {len(arrays.y_test)} test images, "
@@ -379,14 +383,28 @@ def main(args) -> int:
     return 0
 
 
+def lr_mode(args) -> str:
+    """auto (find LRMAX/LRMIN) unless asked for manual or the LRs were typed in."""
+    if args.lr:
+        return args.lr
+    return "manual" if given(args) & {"lr_max", "lr_min"} else "auto"
+
+
 def choose_lrs(cfg: TrainConfig, args, use_gpu: bool, resuming: bool,
                train_images: Optional[int] = None) -> tuple[TrainConfig, dict]:
-    """LRMAX/LRMIN from the flags, an earlier finding (--lr-from) or the range test."""
+    """LRMAX/LRMIN from the flags, an earlier finding (--lr-from), the run being resumed, or
+    the range test."""
     from . import tune
 
-    if args.lr_from or (args.lr == "auto" and resuming):
-        finding = tune.load_finding(args.lr_from or cfg.run_dir)
-    elif args.lr == "auto":
+    mode = lr_mode(args)
+    if args.lr_from:
+        finding = tune.load_finding(args.lr_from)
+    elif mode == "auto" and resuming:  # the LRs this run started with, however found
+        meta = RunFolder(cfg.run_dir).read_json("config.json")
+        finding = {"lr_max": meta["config"]["lr_max"], "lr_min": meta["config"]["lr_min"],
+                   "source": f"{cfg.run_dir}/config.json, the run being resumed (found by "
+                             f"{meta.get('lr_source', {}).get('source', 'its flags')})"}
+    elif mode == "auto":
         settings = tune.range_test_settings(args)
         finding = tune.matching_finding(cfg, settings, train_images)
         if finding is not None:  # e.g. `tune lr-find` ran first, or training never started
@@ -424,9 +442,10 @@ def build_parser():
                         help="join an existing Ray cluster ('auto' or ray://host:port); "
                              "default: start a local Ray")
     lr = parser.add_argument_group("finding LRMAX and LRMIN")
-    lr.add_argument("--lr", choices=["manual", "auto"], default="manual",
-                    help="auto: run the LR range test first and train with its LRMAX/LRMIN "
-                         "(overrides --lr-max/--lr-min)")
+    lr.add_argument("--lr", choices=["auto", "manual"], default=None,
+                    help="auto: run the LR range test first and train with the LRMAX/LRMIN "
+                         "it finds; manual: train with --lr-max/--lr-min (default: auto, "
+                         "unless --lr-max or --lr-min is given)")
     lr.add_argument("--lr-search", action="store_true",
                     help="with --lr auto: refine LRMAX by an ASHA search of short runs")
     lr.add_argument("--search-candidates", type=int, default=4,

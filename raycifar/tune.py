@@ -26,14 +26,16 @@ from .config import RaycifarError, TrainConfig
 from .connect import DRIVER_RESOURCE, init_ray
 from .data import ArrayDataset, load_arrays
 from .engine import resolve_precision
-from .lr_finder import LRMAX_METHODS, LRMIN_RULES, range_test, reread
+from .lr_finder import (DEFAULT_LR_MIN_RULE, DEFAULT_METHOD, LRMAX_METHODS, LRMIN_RULES,
+                        range_test, reread)
 from .model import CustomResNet
 from .runs import RunFolder, RunFolderError
 from .train import make_optimizer
 from .transforms import train_transform
 
 RANGE_TEST_DEFAULTS = {"start_lr": 1e-4, "end_lr": 10.0, "num_steps": 100, "mode": "exp",
-                       "method": "minimum", "lr_min_rule": "div", "lr_min_div": 10.0}
+                       "method": DEFAULT_METHOD, "lr_min_rule": DEFAULT_LR_MIN_RULE,
+                       "lr_min_div": 10.0}
 
 
 def range_test_trainable(config: dict) -> None:

@@ -41,6 +41,46 @@ def test_flags_map_onto_config():
     assert os.path.isabs(c.storage_path) and c.storage_path.endswith("rel/runs")
 
 
+@pytest.mark.parametrize("argv, mode", [
+    ([], "auto"),                                  # LRMAX and LRMIN are found by default
+    (["--epochs", "3"], "auto"),
+    (["--lr-max", "0.2"], "manual"),               # ... unless typed in
+    (["--lr-min=0.001"], "manual"),
+    (["--lr-max", "0.2", "--lr", "auto"], "auto"),  # asked for explicitly
+    (["--lr", "manual"], "manual"),
+])
+def test_lrs_are_found_unless_typed_in(argv, mode):
+    from raycifar.train import lr_mode
+
+    assert lr_mode(build_parser().parse_args(argv)) == mode
+
+
+def test_a_resumed_run_keeps_its_lrs_however_they_were_found(tmp_path):
+    from raycifar.runs import RunFolder
+    from raycifar.train import choose_lrs
+
+    cfg = TrainConfig(storage_path=str(tmp_path), name="r")
+    RunFolder(cfg.run_dir).write_json("config.json", {
+        "config": {**cfg.to_dict(), "lr_max": 0.0955, "lr_min": 0.00145},
+        "lr_source": {"source": "range test (minimum, .../lr_finder.json)"}})
+    for argv in ([], ["--lr", "auto"]):  # no range test runs: this would need Ray and data
+        resumed, source = choose_lrs(cfg, build_parser().parse_args(argv), False, True)
+        assert (resumed.lr_max, resumed.lr_min) == (0.0955, 0.00145)
+        assert "the run being resumed" in source["source"] and "range test" in source["source"]
+    typed, source = choose_lrs(cfg, build_parser().parse_args(["--lr-max", "0.3"]), False, True)
+    assert typed.lr_max == cfg.lr_max and source["source"].startswith("flags")
+
+
+def test_a_search_of_typed_in_lrs_is_refused_before_anything_runs(tmp_path):
+    from raycifar.config import ConfigError
+    from raycifar.train import main
+
+    args = build_parser().parse_args(["--data-dir", str(tmp_path / "nowhere"), "--lr-max",
+                                      "0.2", "--lr-search"])
+    with pytest.raises(ConfigError, match="--lr-search refines LRs it finds"):
+        main(args)
+
+
 def test_unknown_flags_are_rejected():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--epoch", "3"])

@@ -150,7 +150,7 @@ def test_job_submit_trains_and_writes_the_run_folder(tmp_path, ray_head):
                   "--epochs", "2", "--peak-epoch", "1", "--batch-size", "16",
                   "--precision", "fp32", "--no-channels-last", "--loader-workers", "0",
                   "--storage-path", str(storage), "--name", "jobtest",
-                  "--cache-dir", str(tmp_path / "cache")]
+                  "--cache-dir", str(tmp_path / "cache"), "--lr-max", "0.05", "--lr-min", "0.005"]
     submission_id = f"raycifar-jobtest-{os.getpid()}-{int(time.time())}"
     # The repository is the working dir; Ray 2.60 leaves out .git and what .gitignore lists.
     submit = [*RAY_CLI, "job", "submit", "--address", dashboard,

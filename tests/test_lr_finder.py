@@ -160,7 +160,8 @@ def test_range_test_restores_model_optimizer_and_rng_bit_for_bit():
     assert opt.param_groups[0]["lr"] == 0.01
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert 1e-3 <= res.lr_min < res.lr_max <= 10
-    assert res.lr_min == pytest.approx(res.lr_max / 10)
+    assert res.method == "minimum" and res.lr_min_rule == "onset"  # the defaults
+    assert res.lr_min <= res.lr_max / 2
     assert len(res.lrs) == len(res.losses) == len(res.smoothed) <= 60
 
 
@@ -195,4 +196,4 @@ def test_results_written_to_run_folder(tmp_path):
     rows = run.read_csv("lr_finder.csv", ["lr", "loss", "smoothed_loss"])
     assert len(rows) == len(res.lrs)
     info = run.read_json("lr_finder.json")
-    assert info["lr_max"] == res.lr_max and info["method"] == "steepest"
+    assert info["lr_max"] == res.lr_max and info["method"] == "minimum"
