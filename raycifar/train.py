@@ -447,7 +447,7 @@ def build_parser():
                          "it finds; manual: train with --lr-max/--lr-min (default: auto, "
                          "unless --lr-max or --lr-min is given)")
     lr.add_argument("--lr-search", action="store_true",
-                    help="with --lr auto: refine LRMAX by an ASHA search of short runs")
+                    help="refine the LRMAX found by an ASHA search of short runs")
     lr.add_argument("--search-candidates", type=int, default=4,
                     help="LRMAX candidates in the search (log grid x1/4..x4)")
     lr.add_argument("--search-epochs", type=int, default=4, help="epochs per search run")

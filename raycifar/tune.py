@@ -200,7 +200,8 @@ def load_finding(run_dir: str) -> dict:
 
 
 def add_range_test_arguments(parser) -> None:
-    """The range test's flags, shared by `tune lr-find/search` and `train --lr auto`."""
+    """The range test's flags, shared by `tune lr-find/search` and `train` (which runs the
+    range test unless the LRs are typed in)."""
     d = RANGE_TEST_DEFAULTS
     parser.add_argument("--start-lr", type=float, default=d["start_lr"],
                         help="range test: first LR of the sweep")
