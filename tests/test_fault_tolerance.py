@@ -47,14 +47,9 @@ def clean(tmp_path_factory, ray_cluster):
     return cfg, summary, time.perf_counter() - started
 
 
-def test_same_seed_and_workers_give_the_same_metrics(clean, tmp_path):
-    cfg, summary, _ = clean
-    again = cfg.replace(storage_path=str(tmp_path / "runs"))
-    assert fit(again).return_value["final_test_acc"] == summary["final_test_acc"]
-    assert metrics(again) == metrics(cfg)
-
-
 def test_a_killed_worker_is_restarted_from_the_last_epoch(clean, tmp_path, monkeypatch):
+    """Also the determinism check: a second run with the same seed and worker count (here one
+    that loses a worker on the way) gives the clean run's metrics to the last digit."""
     ref_cfg, ref, ref_seconds = clean
     cfg = ref_cfg.replace(storage_path=str(tmp_path / "runs"))
     marker = tmp_path / "killed"
