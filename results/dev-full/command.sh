@@ -15,6 +15,9 @@ python -m raycifar.tune lr-find --data-dir /tmp/cifar10-dev --storage-path /work
 #    --lr-min-rule onset instead of sweeping a second time: LRMAX 0.0955, LRMIN 0.00145.
 python -m raycifar.train --data-dir /tmp/cifar10-dev --storage-path /work/runs --name dev-full \
     --lr auto --lr-min-rule onset --stop-after-epoch 6
+# Pieces so far: epochs 1-3 (session 2, stopped with Ctrl-C after epoch 3's checkpoint), then
+# epochs 4-8 (session 3, the same command with --stop-after-epoch 24, stopped with Ctrl-C after
+# epoch 8's checkpoint). Since f8413ed, --lr auto --lr-min-rule onset are the defaults.
 
 # 3. When all 24 epochs are done: the report.
 python jobs/report.py /work/runs/dev-full --out results/dev-full
