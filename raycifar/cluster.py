@@ -100,7 +100,10 @@ def user_error(exc: BaseException):
             continue
         seen.add(id(e))
         if isinstance(e, RaycifarError):
-            return e
+            # Ray re-raises a task's X as a RayTaskError subclass of X whose message is the
+            # remote traceback; its `cause` is the plain X, whose message is one line
+            cause = getattr(e, "cause", None)
+            return cause if isinstance(cause, RaycifarError) else e
         todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
         todo += list(getattr(e, "worker_failures", {}).values())
     return None

@@ -450,3 +450,22 @@ def test_expected_nodes_covers_a_cluster_that_has_not_grown_yet():
     with pytest.raises(RaycifarError, match="spans 2 nodes"):
         check_shared_storage("/home/u/runs", head_only, expected_nodes=2)
     check_shared_storage("s3://b/runs", head_only, expected_nodes=5)
+
+
+def test_an_error_raised_in_a_ray_task_comes_back_as_its_one_line_message():
+    from ray.exceptions import RayTaskError
+
+    from raycifar.cluster import user_error
+    from raycifar.lr_finder import RangeTestError
+
+    plain = RangeTestError("the loss never fell during the range test")
+    # what Tune hands back for a trial that raised it: a RayTaskError that is also a
+    # RangeTestError, whose message is the remote traceback
+    remote = RayTaskError("train", "Traceback (most recent call last):\n  File \"x.py\"\n"
+                          "    raise RangeTestError(...)\n", plain).as_instanceof_cause()
+    assert isinstance(remote, RangeTestError) and "raise RangeTestError" in str(remote)
+    assert user_error(remote) is plain
+    wrapped = RuntimeError("trial failed")
+    wrapped.__cause__ = remote
+    assert str(user_error(wrapped)) == "the loss never fell during the range test"
+    assert user_error(RuntimeError("not ours")) is None
