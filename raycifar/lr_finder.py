@@ -9,7 +9,14 @@ restored afterwards, bit for bit.
 The EMA lags the loss by about 1/(1 - beta) steps (50 at beta 0.98): over a 100-step sweep that
 is a factor of ~300 in LR, so reading suggestions off it would point far to the right of where
 the loss actually turns. It only drives the online stop. The suggestions read `curve`: the loss
-smoothed by the same kind of EMA (beta 0.9) run forwards and then backwards, which has no lag.
+smoothed by the same kind of EMA run forwards and then backwards, which has no lag. Its span is a
+tenth of the sweep (beta 0.9 at 100 steps, 0.5 at 20; `curve_beta_for`), so it covers the same
+stretch of log LR however many steps the sweep has: at a fixed 0.9 a 20-step sweep's blow-up
+leaks half the sweep back and drags the minimum to the left.
+
+A sweep whose reading fails (no onset, a climb from the start) is not thrown away: the
+`RangeTestError` carries it as `.sweep` (a result with no LRs and the error in its settings) so
+the caller can keep `lr_finder.csv` and read it again with another rule without sweeping again.
 
 Suggestions for LRMAX, all ignoring the first `skip_start` and last `skip_end` points (early
 spikes and the blow-up):
@@ -47,6 +54,8 @@ DEFAULT_LR_MIN_RULE = "onset"
 class RangeTestError(RaycifarError):
     """The range test cannot run or its curve holds no usable signal."""
 
+    sweep: Optional["RangeTestResult"] = None  # the recorded sweep, when only its reading failed
+
 
 @dataclass
 class RangeTestResult:
@@ -54,8 +63,8 @@ class RangeTestResult:
     losses: list[float]
     smoothed: list[float]   # the EMA (online, lags): drives the divergence stop
     curve: list[float]      # zero-lag smoothing: what the suggestions read
-    lr_max: float
-    lr_min: float
+    lr_max: Optional[float]  # None: the reading failed (settings["error"] says why)
+    lr_min: Optional[float]
     method: str
     lr_min_rule: str
     stopped_early: bool
@@ -98,6 +107,11 @@ def ema(losses: Iterable[float], beta: float = 0.98) -> list[float]:
         avg = beta * avg + (1 - beta) * x
         out.append(avg / (1 - beta ** i))
     return out
+
+
+def curve_beta_for(num_steps: int) -> float:
+    """The zero-lag curve's beta for a sweep of `num_steps`: a span of a tenth of the sweep."""
+    return float(min(0.98, max(0.5, 1 - 10 / max(1, num_steps))))
 
 
 def zero_lag(losses: Iterable[float], beta: float = 0.9) -> list[float]:
@@ -234,7 +248,7 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Itera
                diverge_factor: float = 4.0, method: str = DEFAULT_METHOD,
                lr_min_rule: str = DEFAULT_LR_MIN_RULE, lr_min_div: float = 10.0,
                skip_start: Optional[int] = None, skip_end: Optional[int] = None,
-               curve_beta: float = 0.9, val_loader: Optional[Iterable] = None,
+               curve_beta: Optional[float] = None, val_loader: Optional[Iterable] = None,
                device: torch.device = torch.device("cpu"),
                precision: str = "fp32", channels_last: bool = False,
                on_step: Optional[Callable[[int, float, float, float], None]] = None
@@ -288,19 +302,34 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Itera
 
 def reread(lrs: list[float], losses: list[float], *, method: str = DEFAULT_METHOD,
            lr_min_rule: str = DEFAULT_LR_MIN_RULE, lr_min_div: float = 10.0, beta: float = 0.98,
-           curve_beta: float = 0.9, skip_start: Optional[int] = None,
+           curve_beta: Optional[float] = None, skip_start: Optional[int] = None,
            skip_end: Optional[int] = None,
            stopped_early: bool = False, settings: Optional[dict] = None) -> RangeTestResult:
-    """Suggestions read again from a recorded sweep (another method or rule, no new sweep)."""
+    """Suggestions read again from a recorded sweep (another method or rule, no new sweep).
+
+    `curve_beta` defaults to `curve_beta_for` the sweep's planned steps (`settings["num_steps"]`,
+    else the points recorded). A failed reading raises with the sweep attached (`.sweep`).
+    """
     if method not in LRMAX_METHODS:
         raise RangeTestError(f"method={method!r} is not one of {LRMAX_METHODS}")
+    settings = dict(settings or {})
+    settings.pop("error", None)
+    if curve_beta is None:
+        curve_beta = curve_beta_for(int(settings.get("num_steps") or len(lrs)))
     curve = zero_lag(losses, curve_beta)
-    lr_max = suggest_lr_max(lrs, curve, method, skip_start, skip_end)
-    lr_min = suggest_lr_min(lrs, curve, lr_max, lr_min_rule, lr_min_div)
-    settings = {**(settings or {}), "beta": beta, "curve_beta": curve_beta,
-                "lr_min_div": lr_min_div, "skip_start": skip_start, "skip_end": skip_end}
-    return RangeTestResult(list(lrs), list(losses), ema(losses, beta), curve, lr_max, lr_min,
-                           method, lr_min_rule, stopped_early, settings)
+    settings.update(beta=beta, curve_beta=curve_beta, lr_min_div=lr_min_div,
+                    skip_start=skip_start, skip_end=skip_end)
+    found = RangeTestResult(list(lrs), list(losses), ema(losses, beta), curve, None, None,
+                            method, lr_min_rule, stopped_early, settings)
+    try:
+        found.lr_max = suggest_lr_max(lrs, curve, method, skip_start, skip_end)
+        found.lr_min = suggest_lr_min(lrs, curve, found.lr_max, lr_min_rule, lr_min_div)
+    except RangeTestError as e:
+        found.lr_max = found.lr_min = None
+        settings["error"] = str(e)
+        e.sweep = found
+        raise
+    return found
 
 
 def _cycle(loader: Iterable):

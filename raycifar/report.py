@@ -137,10 +137,14 @@ def draw_lr_finder(curve: dict[str, np.ndarray], choice: dict[str, Any], path: P
         smooth = "curve"
     ax.plot(curve["lr"], curve[smooth], color="C0", lw=2,
             label="smoothed (zero-lag)" if smooth == "curve" else "smoothed loss")
-    ax.axvline(choice["lr_max"], color="C3", ls="--", label=f"LRMAX = {choice['lr_max']:.3g}")
-    ax.axvline(choice["lr_min"], color="C2", ls="--", label=f"LRMIN = {choice['lr_min']:.3g}")
+    if choice["lr_max"] is not None:  # None: the sweep could not be read (see report.md)
+        ax.axvline(choice["lr_max"], color="C3", ls="--",
+                   label=f"LRMAX = {choice['lr_max']:.3g}")
+        ax.axvline(choice["lr_min"], color="C2", ls="--",
+                   label=f"LRMIN = {choice['lr_min']:.3g}")
     ax.set(xscale="log", xlabel="learning rate (log scale)", ylabel="training loss",
-           title=f"LR range test (suggestion: {choice.get('method', '?')})")
+           title=f"LR range test (suggestion: {choice.get('method', '?')})"
+           if choice["lr_max"] is not None else "LR range test (no suggestion)")
     finite = curve[smooth][np.isfinite(curve[smooth])]
     raw = curve["loss"][np.isfinite(curve["loss"])]
     if len(finite):  # clip the diverging tail, which would flatten the useful part
@@ -256,7 +260,8 @@ def write_report(uri: str, out_dir: str) -> Path:
     meta = data.config
     md = [f"# Run report: {meta['config'].get('name', uri)}", "", f"Run folder: `{uri}`  ",
           f"Code: raycifar {meta.get('version', '?')}, commit {meta.get('git_commit') or '?'}  ",
-          f"Command: `{meta.get('command', 'not recorded')}`", ""]
+          f"Command: `{meta.get('command', 'not recorded')}`  ",
+          f"LRMAX and LRMIN from: {meta.get('lr_source', {}).get('source', 'not recorded')}", ""]
     md += _summary_table(data.summary) if data.summary else [
         "> No summary.json: the run has not finished (stopped early or still training)."]
 
@@ -269,7 +274,10 @@ def write_report(uri: str, out_dir: str) -> Path:
         curve, choice = data.finder
         figure("LR range test", draw_lr_finder(curve, choice, out / "lr_finder.png"),
                f"Suggested LRMAX {choice['lr_max']:.4g}, LRMIN {choice['lr_min']:.4g} "
-               f"(method: {choice.get('method', '?')}).")
+               f"(method: {choice.get('method', '?')})." if choice["lr_max"] is not None else
+               "> Note: this sweep gave no LRs: "
+               f"{choice.get('settings', {}).get('error', 'no reason recorded')}. "
+               "Training took its LRs from elsewhere (see the config above).")
     else:
         figure("LR range test", None, "> Note: this run has no LR range test "
                "(lr_finder.csv / lr_finder.json are absent), so there is no plot here.")

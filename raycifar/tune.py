@@ -27,7 +27,7 @@ from .connect import DRIVER_RESOURCE, init_ray
 from .data import ArrayDataset, load_arrays
 from .engine import resolve_precision
 from .lr_finder import (DEFAULT_LR_MIN_RULE, DEFAULT_METHOD, LRMAX_METHODS, LRMIN_RULES,
-                        range_test, reread)
+                        RangeTestError, range_test, reread)
 from .model import CustomResNet
 from .runs import RunFolder, RunFolderError
 from .train import make_optimizer
@@ -56,15 +56,24 @@ def range_test_trainable(config: dict) -> None:
     model = CustomResNet(len(arrays.classes), cfg.logit_scale).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    result = range_test(
-        model, make_optimizer(cfg, model), loader,
-        nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device=device,
-        precision=resolve_precision(cfg.precision, device), channels_last=cfg.channels_last,
-        on_step=lambda i, lr, loss, sm: tune.report(                        # Ray: to Tune
-            {"step": i, "lr": lr, "loss": loss, "smoothed_loss": sm}),
-        **settings)
-    result.settings.update(batch_size=cfg.batch_size, train_images=len(arrays.y_train),
-                           seed=cfg.seed)
+    about = {"batch_size": cfg.batch_size, "train_images": len(arrays.y_train), "seed": cfg.seed}
+    try:
+        result = range_test(
+            model, make_optimizer(cfg, model), loader,
+            nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), device=device,
+            precision=resolve_precision(cfg.precision, device), channels_last=cfg.channels_last,
+            on_step=lambda i, lr, loss, sm: tune.report(                    # Ray: to Tune
+                {"step": i, "lr": lr, "loss": loss, "smoothed_loss": sm}),
+            **settings)
+    except RangeTestError as e:
+        if e.sweep is None:  # nothing was swept: a bad setting, or NaN from the first step
+            raise
+        e.sweep.settings.update(about)  # the sweep cost minutes: keep it to be read again
+        e.sweep.save(RunFolder(cfg.run_dir))
+        raise RangeTestError(f"{e} (the sweep is kept in {cfg.run_dir}/lr_finder.csv: the same "
+                             "command with another --method or --lr-min-rule reads it again "
+                             "without sweeping)") from None
+    result.settings.update(about)
     result.save(RunFolder(cfg.run_dir))
 
 
@@ -193,6 +202,12 @@ def load_finding(run_dir: str) -> dict:
     for name in ("best.json", "lr_finder.json"):
         if run.exists(name):
             f = run.read_json(name)
+            if f.get("lr_max") is None or f.get("lr_min") is None:
+                raise RunFolderError(
+                    f"{run_dir}/{name} holds no LRs: its range test could not be read "
+                    f"({f.get('settings', {}).get('error', 'no reason recorded')}); run "
+                    "`python -m raycifar.tune lr-find` there with another --method or "
+                    "--lr-min-rule, or pass --lr-max/--lr-min")
             return {"lr_max": float(f["lr_max"]), "lr_min": float(f["lr_min"]),
                     "source": f"{run_dir}/{name}", "method": f.get("method")}
     raise RunFolderError(f"{run_dir} holds no lr_finder.json or best.json; run "
@@ -254,7 +269,10 @@ def matching_finding(cfg: TrainConfig, settings: dict,
                     lr_min_div=want["lr_min_div"], stopped_early=old.get("stopped_early", False),
                     skip_start=ran.get("skip_start"), skip_end=ran.get("skip_end"),
                     settings=ran)
-    if (old.get("method"), old.get("lr_min_rule"), old.get("lr_max")) != \
+    if old.get("lr_max") is None:
+        result.settings["reread"] = ("suggestions read again from lr_finder.csv (the first "
+                                     f"reading failed: {ran.get('error', 'no LRs')})")
+    elif (old.get("method"), old.get("lr_min_rule"), old.get("lr_max")) != \
             (result.method, result.lr_min_rule, result.lr_max):
         result.settings["reread"] = (f"suggestions read again from lr_finder.csv (were "
                                      f"{old.get('method')}/{old.get('lr_min_rule')}: LRMAX "
@@ -309,9 +327,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg = config_from_args(args)
         if args.command == "search":
             check_search_epochs(args.search_epochs)
-        load_arrays(cfg)  # fail fast on bad data, before Ray starts
-        init_ray(args.address)
-        finding = lr_find(cfg, range_test_settings(args))
+        arrays = load_arrays(cfg)  # fail fast on bad data, before Ray starts
+        settings = range_test_settings(args)
+        finding = matching_finding(cfg, settings, len(arrays.y_train))
+        if finding is not None:
+            print(f"[raycifar] {cfg.run_dir}/lr_finder.csv holds a sweep with these settings on "
+                  "this data: read again, not swept again", flush=True)
+        if finding is None or args.command == "search":
+            init_ray(args.address)
+        if finding is None:
+            finding = lr_find(cfg, settings)
         print(f"[raycifar] range test: LRMAX {finding['lr_max']:.4g}, LRMIN "
               f"{finding['lr_min']:.4g} ({finding['method']}); {cfg.run_dir}/lr_finder.csv")
         if args.command == "search":

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from raycifar.lr_finder import (RangeTestError, ema, lr_schedule, range_test, reread,
-                                suggest_lr_min, suggest_minimum, suggest_steepest, suggest_valley,
-                                zero_lag)
+from raycifar.lr_finder import (RangeTestError, curve_beta_for, ema, lr_schedule, range_test,
+                                reread, suggest_lr_max, suggest_lr_min, suggest_minimum,
+                                suggest_steepest, suggest_valley, zero_lag)
 
 
 def synthetic_curve(n=200, lo=1e-4, hi=10.0, knee=0.1, noise=0.0, seed=0):
@@ -197,3 +197,41 @@ def test_results_written_to_run_folder(tmp_path):
     assert len(rows) == len(res.lrs)
     info = run.read_json("lr_finder.json")
     assert info["lr_max"] == res.lr_max and info["method"] == "minimum"
+
+
+# A real 20-step sweep (1e-4 to 10, batch 512) of this network on the 45,000 dev images
+# (results/range-test-20steps): flat, a fall from ~0.01, the blow-up from step 15.
+SWEEP_20 = [2.3143, 2.3490, 2.3465, 2.3247, 2.3168, 2.3456, 2.3045, 2.3052, 2.2904, 2.2644,
+            2.2773, 2.2544, 2.2389, 2.1977, 2.1777, 2.5371, 3.7887, 4.5619, 7.3389, 10.8356]
+
+
+def test_the_curve_smooths_over_a_tenth_of_the_sweep_however_long():
+    assert curve_beta_for(100) == pytest.approx(0.9)
+    assert curve_beta_for(20) == pytest.approx(0.5) and curve_beta_for(10) == 0.5
+    assert curve_beta_for(200) == pytest.approx(0.95) and curve_beta_for(10_000) == 0.98
+    lrs = list(np.geomspace(1e-4, 10, 20))
+    short = reread(lrs, SWEEP_20, lr_min_rule="div", settings={"num_steps": 20})
+    assert short.settings["curve_beta"] == 0.5
+    # the 100-step sweep of the same data read 0.0955; at a fixed beta of 0.9 the blow-up
+    # leaks back over half of these 20 points and drags the minimum down to 0.043
+    assert 0.07 < short.lr_max < 0.3
+    assert suggest_lr_max(lrs, zero_lag(SWEEP_20, 0.9), "minimum") < 0.05
+    lrs100, loss100 = synthetic_curve(n=100, knee=0.1, noise=0.02)
+    assert reread(list(lrs100), list(loss100)).curve == pytest.approx(zero_lag(loss100, 0.9))
+
+
+def test_a_sweep_that_cannot_be_read_travels_with_its_error():
+    lrs = list(np.geomspace(1e-4, 1e-3, 30))
+    flat = list(2.3 + np.random.default_rng(0).normal(0, 0.002, 30))  # the loss never falls
+    with pytest.raises(RangeTestError, match="the loss never fell") as caught:
+        reread(lrs, flat, method="minimum", lr_min_rule="onset", settings={"num_steps": 30})
+    sweep = caught.value.sweep
+    assert sweep.lr_max is None and sweep.lr_min is None
+    assert sweep.lrs == lrs and sweep.losses == flat and len(sweep.curve) == 30
+    assert "the loss never fell" in sweep.settings["error"]
+    # read again with a rule that needs no onset: the error is gone from the settings
+    again = reread(lrs, flat, lr_min_rule="div", settings=sweep.settings)
+    assert again.lr_min == pytest.approx(again.lr_max / 10) and "error" not in again.settings
+    with pytest.raises(RangeTestError) as bad_setting:
+        reread(lrs, flat, method="guess")
+    assert bad_setting.value.sweep is None  # nothing was read: nothing to keep

@@ -119,6 +119,23 @@ def test_cli_with_lr_finder_files_plots_them_into_the_default_folder(run_copy, c
     assert "no LR range test" not in md
 
 
+def test_a_sweep_that_gave_no_lrs_is_drawn_unmarked_with_its_error(run_copy, tmp_path):
+    from raycifar.report import write_report
+
+    lrs = np.logspace(-4, -3, 30)
+    with open(run_copy / "lr_finder.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["lr", "loss", "smoothed_loss", "curve"])
+        w.writerows((lr, 2.3 + 0.01 * np.sin(i), 2.3, 2.3) for i, lr in enumerate(lrs))
+    (run_copy / "lr_finder.json").write_text(json.dumps(
+        {"lr_max": None, "lr_min": None, "method": "minimum",
+         "settings": {"error": "the loss never fell during the range test"}}))
+    md = write_report(str(run_copy), str(tmp_path / "out")).read_text()
+    assert_not_blank(tmp_path / "out" / "lr_finder.png")
+    assert "this sweep gave no LRs: the loss never fell during the range test" in md
+    assert "LRMAX and LRMIN from: " in md
+
+
 def test_confusion_matrix_counts_every_test_image(run_dir):
     data = load_run(str(run_dir))
     p = data.predictions

@@ -41,6 +41,15 @@ def test_lr_find_runs_as_a_tune_trial_and_writes_the_finding(tmp_path, ray_clust
     assert matching_finding(cfg, {**sweep, "num_steps": 16}) is None  # another sweep: run it
     assert matching_finding(cfg.replace(batch_size=8), sweep) is None
 
+    # a sweep whose reading fails is kept, and the error says so
+    from raycifar.lr_finder import RangeTestError
+    flat = cfg.replace(name="tune-flat")
+    with pytest.raises(RangeTestError, match=r"\(the sweep is kept in .*tune-flat/lr_finder.csv"):
+        lr_find(flat, {**sweep, "num_steps": 12, "skip_start": 10})  # 2 points left to read
+    kept = RunFolder(flat.run_dir)
+    assert len(kept.read_csv("lr_finder.csv", ["lr", "loss"])) == 12
+    assert kept.read_json("lr_finder.json")["lr_max"] is None
+
 
 def test_search_runs_two_trials_at_once_and_asha_stops_free_their_cpus(tmp_path, ray_cluster):
     cfg = tiny_train_config(tmp_path, name="search", epochs=24, peak_epoch=5)
@@ -66,3 +75,28 @@ def test_search_runs_two_trials_at_once_and_asha_stops_free_their_cpus(tmp_path,
 def test_lr_from_a_folder_without_a_finding_is_a_clear_error(tmp_path):
     with pytest.raises(RunFolderError, match="holds no lr_finder.json or best.json"):
         load_finding(str(tmp_path))
+
+
+def test_a_sweep_kept_after_a_failed_reading_is_read_again_not_swept_again(tmp_path):
+    import numpy as np
+
+    from raycifar.lr_finder import RangeTestError, reread
+
+    cfg = tiny_train_config(tmp_path, name="flat")
+    sweep = {"start_lr": 1e-4, "end_lr": 1e-3, "num_steps": 30, "mode": "exp"}
+    lrs = list(np.geomspace(1e-4, 1e-3, 30))
+    flat = list(2.3 + np.random.default_rng(0).normal(0, 0.002, 30))
+    with pytest.raises(RangeTestError) as caught:
+        reread(lrs, flat, lr_min_rule="onset", settings={**sweep, "validation": False})
+    caught.value.sweep.settings.update(batch_size=16, train_images=24, seed=cfg.seed)
+    caught.value.sweep.save(RunFolder(cfg.run_dir))  # what the Tune trial leaves behind
+    with pytest.raises(RunFolderError, match="holds no LRs: its range test could not be read "
+                                             r"\(the loss never fell"):
+        load_finding(cfg.run_dir)
+    with pytest.raises(RangeTestError, match="the loss never fell"):  # the same rule again
+        matching_finding(cfg, {**sweep, "lr_min_rule": "onset"}, train_images=24)
+    found = matching_finding(cfg, {**sweep, "method": "minimum", "lr_min_rule": "div",
+                                   "lr_min_div": 10.0}, train_images=24)
+    assert found["lr_min"] == pytest.approx(found["lr_max"] / 10)
+    assert "the first reading failed: the loss never fell" in found["settings"]["reread"]
+    assert load_finding(cfg.run_dir)["lr_max"] == found["lr_max"]
