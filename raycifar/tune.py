@@ -264,11 +264,16 @@ def matching_finding(cfg: TrainConfig, settings: dict,
     if not same:
         return None
     rows = run.read_csv("lr_finder.csv", required=["lr", "loss"])
-    result = reread([float(r["lr"]) for r in rows], [float(r["loss"]) for r in rows],
-                    method=want["method"], lr_min_rule=want["lr_min_rule"],
-                    lr_min_div=want["lr_min_div"], stopped_early=old.get("stopped_early", False),
-                    skip_start=ran.get("skip_start"), skip_end=ran.get("skip_end"),
-                    settings=ran)
+    try:
+        result = reread([float(r["lr"]) for r in rows], [float(r["loss"]) for r in rows],
+                        method=want["method"], lr_min_rule=want["lr_min_rule"],
+                        lr_min_div=want["lr_min_div"],
+                        stopped_early=old.get("stopped_early", False),
+                        skip_start=ran.get("skip_start"), skip_end=ran.get("skip_end"),
+                        settings=ran)
+    except RangeTestError as e:
+        raise RangeTestError(f"{e} (read from the sweep kept in {cfg.run_dir}/lr_finder.csv; "
+                             "ask for another --method or --lr-min-rule)") from None
     if old.get("lr_max") is None:
         result.settings["reread"] = ("suggestions read again from lr_finder.csv (the first "
                                      f"reading failed: {ran.get('error', 'no LRs')})")
