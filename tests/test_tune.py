@@ -77,9 +77,12 @@ def test_lr_from_a_folder_without_a_finding_is_a_clear_error(tmp_path):
         load_finding(str(tmp_path))
 
 
-def test_a_sweep_kept_after_a_failed_reading_is_read_again_not_swept_again(tmp_path):
+def test_a_sweep_kept_after_a_failed_reading_is_read_again_not_swept_again(tmp_path,
+                                                                          monkeypatch, capsys):
     import numpy as np
 
+    from raycifar import tune
+    from raycifar.data import load_arrays
     from raycifar.lr_finder import RangeTestError, reread
 
     cfg = tiny_train_config(tmp_path, name="flat")
@@ -88,15 +91,27 @@ def test_a_sweep_kept_after_a_failed_reading_is_read_again_not_swept_again(tmp_p
     flat = list(2.3 + np.random.default_rng(0).normal(0, 0.002, 30))
     with pytest.raises(RangeTestError) as caught:
         reread(lrs, flat, lr_min_rule="onset", settings={**sweep, "validation": False})
-    caught.value.sweep.settings.update(batch_size=16, train_images=24, seed=cfg.seed)
+    n = len(load_arrays(cfg).y_train)
+    caught.value.sweep.settings.update(batch_size=16, train_images=n, seed=cfg.seed)
     caught.value.sweep.save(RunFolder(cfg.run_dir))  # what the Tune trial leaves behind
     with pytest.raises(RunFolderError, match="holds no LRs: its range test could not be read "
                                              r"\(the loss never fell"):
         load_finding(cfg.run_dir)
+
+    def no_ray(*args):
+        raise AssertionError("a kept sweep is read again without Ray")
+
+    monkeypatch.setattr(tune, "init_ray", no_ray)
+    argv = ["lr-find", "--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir,
+            "--storage-path", cfg.storage_path, "--name", "flat", "--batch-size", "16",
+            "--start-lr", "1e-4", "--end-lr", "1e-3", "--num-steps", "30"]
+    assert tune.main([*argv, "--lr-min-rule", "onset"]) == 2  # the rule that failed, again
+    assert "the loss never fell" in capsys.readouterr().err
     with pytest.raises(RangeTestError, match="the loss never fell.*read from the sweep kept in"):
-        matching_finding(cfg, {**sweep, "lr_min_rule": "onset"}, train_images=24)
-    found = matching_finding(cfg, {**sweep, "method": "minimum", "lr_min_rule": "div",
-                                   "lr_min_div": 10.0}, train_images=24)
+        matching_finding(cfg, {**sweep, "lr_min_rule": "onset"}, train_images=n)
+    assert tune.main([*argv, "--method", "minimum", "--lr-min-rule", "div"]) == 0
+    assert "read again, not swept again" in capsys.readouterr().out
+    found = RunFolder(cfg.run_dir).read_json("lr_finder.json")
     assert found["lr_min"] == pytest.approx(found["lr_max"] / 10)
     assert "the first reading failed: the loss never fell" in found["settings"]["reread"]
     assert load_finding(cfg.run_dir)["lr_max"] == found["lr_max"]
