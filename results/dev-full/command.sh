@@ -17,7 +17,9 @@ python -m raycifar.train --data-dir /tmp/cifar10-dev --storage-path /work/runs -
     --lr auto --lr-min-rule onset --stop-after-epoch 6
 # Pieces so far: epochs 1-3 (session 2, stopped with Ctrl-C after epoch 3's checkpoint), then
 # epochs 4-8 (session 3, the same command with --stop-after-epoch 24, stopped with Ctrl-C after
-# epoch 8's checkpoint). Since f8413ed, --lr auto --lr-min-rule onset are the defaults.
+# epoch 8's checkpoint), epoch 9 (--stop-after-epoch 9), then epochs 10-16 (session 4, the
+# same command with --stop-after-epoch 24, stopped with Ctrl-C after epoch 16's checkpoint).
+# Since f8413ed, --lr auto --lr-min-rule onset are the defaults.
 
 # 3. When all 24 epochs are done: the report.
 python jobs/report.py /work/runs/dev-full --out results/dev-full
