@@ -239,12 +239,26 @@ def draw_confusion(counts: np.ndarray, classes: list[str], path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- report.md
 
+def _wall_time(s: dict[str, Any]) -> str:
+    """The wall time, saying when a run done in pieces counts only some of them."""
+    text = f"{s['wall_seconds']:.0f} s"
+    commands, first = s.get("commands"), s.get("wall_from_epoch", 1)
+    if commands is None and s["wall_seconds"] < s["train_seconds"]:
+        # older summaries counted only the last command of a resumed run
+        text += " (the last command only: the run was resumed)"
+    elif first > 1:
+        text += f" (epochs {first}-{s['epochs']} only, over {commands} command(s))"
+    elif commands and commands > 1:
+        text += f" over {commands} commands"
+    return f"{text}; training {s['train_seconds']:.0f} s"
+
+
 def _summary_table(s: dict[str, Any]) -> list[str]:
     tta = "with" if s["tta"] else "without"
     rows = [("final test accuracy", f"{s['final_test_acc']:.2%} ({tta} flip TTA)"),
             ("best test accuracy", f"{s['best_test_acc']:.2%} at epoch {s['best_epoch']}"),
             ("epochs", s["epochs"]),
-            ("wall time", f"{s['wall_seconds']:.0f} s (training {s['train_seconds']:.0f} s)"),
+            ("wall time", _wall_time(s)),
             ("training throughput", f"{s['images_per_second']:.0f} images/s"),
             ("workers / device / precision", f"{s['workers']} / {s['device']} / {s['precision']}"),
             ("LRMIN / LRMAX", f"{s['lr_min']:g} / {s['lr_max']:g}"),

@@ -20,7 +20,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -65,6 +65,34 @@ def _set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
 
 
+@dataclass
+class RunClock:
+    """Wall time of a run that may be done in pieces, summed over the commands that ran it.
+
+    Each command counts up to its last checkpoint (the partial epoch of an interrupted one is
+    redone and counted then); the gaps between commands are not counted. A checkpoint written
+    before this count existed restarts it at the epoch resumed (`from_epoch`).
+    """
+    start: float = field(default_factory=time.perf_counter)
+    before: float = 0.0  # wall seconds of the earlier commands
+    commands: int = 1
+    from_epoch: int = 1
+
+    def resume(self, state: dict) -> None:
+        if "wall_seconds" in state:
+            self.before, self.commands = state["wall_seconds"], state["commands"] + 1
+            self.from_epoch = state["wall_from_epoch"]
+        else:
+            self.from_epoch = state["epoch"] + 1
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def state(self) -> dict:
+        return {"wall_seconds": self.seconds(), "commands": self.commands,
+                "wall_from_epoch": self.from_epoch}
+
+
 def _seed_loader_worker(worker_id: int) -> None:
     # Each loader process gets a distinct, reproducible seed from torch's per-worker seed.
     seed = torch.initial_seed() % 2**32
@@ -81,7 +109,7 @@ def train_loop_per_worker(config: dict) -> dict:
     import ray.train
     import ray.train.torch
 
-    wall_start = time.perf_counter()
+    clock = RunClock()
     cfg = TrainConfig.from_dict(config["train"])
     ctx = ray.train.get_context()                                       # Ray: who am I
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -149,6 +177,7 @@ def train_loop_per_worker(config: dict) -> dict:
         _set_rng_state(state["rng"])
         history, steps = state["history"], state["steps"]
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
+        clock.resume(state)
         if rank == 0:
             print(f"[raycifar] resuming {cfg.name} after epoch {state['epoch']}", flush=True)
 
@@ -199,7 +228,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "loader_rng": loader_gen.get_state(), "rng": _rng_state(), "epoch": epoch,
                 "history": history, "steps": steps, "train_seconds": train_seconds,
-                "config": cfg.to_dict()})
+                **clock.state(), "config": cfg.to_dict()})
         else:
             ray.train.report(row)                                       # Ray: barrier
         if epoch == cfg.stop_after_epoch and epoch < cfg.epochs:        # every rank stops
@@ -211,8 +240,8 @@ def train_loop_per_worker(config: dict) -> dict:
     if ev is None:  # resumed after the last epoch: nothing evaluated in this call yet
         ev = evaluate(model, test_loader, device=device, precision=precision,
                       channels_last=cfg.channels_last, tta=cfg.tta)
-    return _finish(cfg, model, ev, test_idx, arrays, history, train_seconds,
-                   time.perf_counter() - wall_start, world, device, run, precision)
+    return _finish(cfg, model, ev, test_idx, arrays, history, train_seconds, clock, world,
+                   device, run, precision)
 
 
 def _record_epoch(run: RunFolder, cfg: TrainConfig, row: dict, history: list[dict],
@@ -232,7 +261,7 @@ def _record_epoch(run: RunFolder, cfg: TrainConfig, row: dict, history: list[dic
 
 
 def _finish(cfg: TrainConfig, model: nn.Module, ev: dict, test_idx: np.ndarray, arrays,
-            history: list[dict], train_seconds: float, wall_seconds: float, world: int,
+            history: list[dict], train_seconds: float, clock: RunClock, world: int,
             device: torch.device, run: Optional[RunFolder], precision: str) -> dict:
     """Gather test predictions from every rank; rank 0 writes predictions, model and summary."""
     import torch.distributed as dist
@@ -266,7 +295,7 @@ def _finish(cfg: TrainConfig, model: nn.Module, ev: dict, test_idx: np.ndarray, 
         "best_test_acc": accs[best] if accs else None,
         "best_epoch": history[best]["epoch"] if accs else None,
         "test_images": int(len(labels)), "train_images": int(len(arrays.y_train)),
-        "epochs": len(history), "wall_seconds": wall_seconds, "train_seconds": train_seconds,
+        "epochs": len(history), **clock.state(), "train_seconds": train_seconds,
         "images_per_second": images_per_second, "workers": world, "device": str(device),
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else f"cpu x{torch.get_num_threads()} threads"),

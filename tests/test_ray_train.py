@@ -39,6 +39,9 @@ def test_two_workers_train_write_the_run_folder_and_resume(tmp_path, ray_cluster
     assert lrs[-1] == pytest.approx(0.005)
 
     assert summary["workers"] == 2 and summary["epochs"] == 3
+    # the wall time covers both commands: never less than the training time it contains
+    assert summary["commands"] == 2 and summary["wall_from_epoch"] == 1
+    assert summary["wall_seconds"] > summary["train_seconds"] > 0
     assert summary["test_images"] == 24 and summary == run.read_json("summary.json")
     pred = run.read_npz("predictions.npz")
     assert len(pred["labels"]) == 24 and pred["probs"].shape == (24, 3)

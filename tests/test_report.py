@@ -14,8 +14,8 @@ from matplotlib.image import imread
 
 from raycifar.cli import run_cli
 from raycifar.config import TrainConfig
-from raycifar.report import (GALLERY_SIZE, confusion_matrix, gallery_items, load_run,
-                             per_class_accuracy, triangular_curve, write_report)
+from raycifar.report import (GALLERY_SIZE, _summary_table, confusion_matrix, gallery_items,
+                             load_run, per_class_accuracy, triangular_curve, write_report)
 from raycifar.runs import RunFolderError
 
 from conftest import write_folder
@@ -134,6 +134,21 @@ def test_a_sweep_that_gave_no_lrs_is_drawn_unmarked_with_its_error(run_copy, tmp
     assert_not_blank(tmp_path / "out" / "lr_finder.png")
     assert "this sweep gave no LRs: the loss never fell during the range test" in md
     assert "LRMAX and LRMIN from: " in md
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"commands": 1, "wall_from_epoch": 1}, "| 900 s; training 600 s |"),
+    ({"commands": 3, "wall_from_epoch": 1}, "| 900 s over 3 commands; training 600 s |"),
+    ({"commands": 2, "wall_from_epoch": 17}, "| 900 s (epochs 17-24 only, over 2 command(s));"),
+    ({"wall_seconds": 300}, "| 300 s (the last command only: the run was resumed); training"),
+    ({}, "| 900 s; training 600 s |"),  # an older summary of a single command
+])
+def test_wall_time_says_what_a_run_in_pieces_counts(extra, words):
+    s = {"final_test_acc": 0.9, "best_test_acc": 0.9, "best_epoch": 24, "epochs": 24,
+         "tta": True, "wall_seconds": 900, "train_seconds": 600, "images_per_second": 38,
+         "workers": 1, "device": "cpu", "precision": "fp32", "lr_min": 0.001, "lr_max": 0.1,
+         "train_images": 45000, "test_images": 5000, **extra}
+    assert words in "\n".join(_summary_table(s))
 
 
 def test_confusion_matrix_counts_every_test_image(run_dir):

@@ -125,3 +125,20 @@ def test_a_kill_fault_kills_its_process(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == -signal.SIGKILL and "survived" not in p.stdout
     assert os.path.exists(tmp_path / "k")
+
+
+def test_the_run_clock_sums_the_commands_of_a_run_done_in_pieces(monkeypatch):
+    from raycifar import train
+
+    now = iter([130.0, 520.0]).__next__
+    monkeypatch.setattr(train.time, "perf_counter", now)
+    first = train.RunClock(start=100.0)
+    state = {"epoch": 2, **first.state()}                     # checkpoint at 130
+    assert state == {"epoch": 2, "wall_seconds": 30.0, "commands": 1, "wall_from_epoch": 1}
+    second = train.RunClock(start=500.0)                      # resumed; done at 520
+    second.resume(state)
+    assert second.state() == {"wall_seconds": 50.0, "commands": 2, "wall_from_epoch": 1}
+    # a checkpoint from before the count: this command's time only, from the epoch resumed
+    old = train.RunClock(start=0.0)
+    old.resume({"epoch": 16})
+    assert (old.commands, old.from_epoch, old.before) == (1, 17, 0.0)
