@@ -90,6 +90,7 @@ def ray_cluster():
     import subprocess
     import sys
     import tempfile
+    import time
 
     import ray
 
@@ -109,5 +110,12 @@ def ray_cluster():
     finally:
         ray.shutdown()
         # `ray stop` would stop every Ray on the machine; stop only this head's processes.
+        # gcs_server and raylet can outlive SIGTERM (seen on a loaded machine): KILL after 10 s.
         subprocess.run(["pkill", "-f", temp], check=False)
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pgrep", "-f", temp], capture_output=True).returncode == 0:
+            if time.monotonic() > deadline:
+                subprocess.run(["pkill", "-KILL", "-f", temp], check=False)
+                break
+            time.sleep(0.2)
         shutil.rmtree(temp, ignore_errors=True)
