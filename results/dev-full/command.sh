@@ -15,11 +15,12 @@ python -m raycifar.tune lr-find --data-dir /tmp/cifar10-dev --storage-path /work
 #    --lr-min-rule onset instead of sweeping a second time: LRMAX 0.0955, LRMIN 0.00145.
 python -m raycifar.train --data-dir /tmp/cifar10-dev --storage-path /work/runs --name dev-full \
     --lr auto --lr-min-rule onset --stop-after-epoch 6
-# Pieces so far: epochs 1-3 (session 2, stopped with Ctrl-C after epoch 3's checkpoint), then
+# The pieces: epochs 1-3 (session 2, stopped with Ctrl-C after epoch 3's checkpoint), then
 # epochs 4-8 (session 3, the same command with --stop-after-epoch 24, stopped with Ctrl-C after
-# epoch 8's checkpoint), epoch 9 (--stop-after-epoch 9), then epochs 10-16 (session 4, the
-# same command with --stop-after-epoch 24, stopped with Ctrl-C after epoch 16's checkpoint).
+# epoch 8's checkpoint), epoch 9 (--stop-after-epoch 9), epochs 10-16 (session 4, the same
+# command with --stop-after-epoch 24, stopped with Ctrl-C after epoch 16's checkpoint), and
+# epochs 17-24 (session 5, 2026-11-29 06:59, the same command with --stop-after-epoch 24).
 # Since f8413ed, --lr auto --lr-min-rule onset are the defaults.
 
-# 3. When all 24 epochs are done: the report.
+# 3. The report, after epoch 24 (session 5).
 python jobs/report.py /work/runs/dev-full --out results/dev-full
