@@ -41,6 +41,8 @@ HELP = {
     "precision": "autocast precision; auto = bf16 where the CPU/GPU has native bf16, fp16 on "
                  "older GPUs, fp32 on other CPUs (fp16 adds loss scaling)",
     "channels_last": "NHWC memory layout (faster with bf16 on CPU and on tensor cores)",
+    "compile": "torch.compile the model for training and evaluation (inductor; the first "
+               "steps wait for the compiler)",
     "tta": "test accuracy averages each image with its mirror image",
     "seed": "random seed",
     "stop_after_epoch": "stop after this epoch (checkpointed); run the same --name again to "

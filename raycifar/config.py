@@ -69,6 +69,7 @@ class TrainConfig:
                                           # where the hardware has it natively, else fp16 on
                                           # older GPUs and fp32 on CPUs without bf16 units
     channels_last: bool = True
+    compile: bool = False                 # torch.compile the training model (inductor)
     tta: bool = True                      # test accuracy averages the image and its mirror
     seed: int = 0
     stop_after_epoch: int = 0             # >0: stop after this epoch; re-run the name to go on

@@ -68,6 +68,15 @@ class EpochResult:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside DDP's and torch.compile's wrappers: plain state_dict keys."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def _momentum(group: dict) -> float:
     return float(group["betas"][0] if "betas" in group else group.get("momentum", 0.0))
 

@@ -27,10 +27,11 @@ SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 DIVERGED_FILE = "diverged.json"
 STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "loader_rng", "rng", "epoch",
               "history", "steps", "train_seconds", "config")
-# Settings a resumed run may change: where things are, how many processes, when to stop.
+# Settings a resumed run may change: where things are, how many processes, when to stop, and
+# whether the same network is torch.compile'd.
 MAY_CHANGE = {"data_dir", "data_format", "cache_dir", "loader_workers", "num_workers",
               "cpus_per_worker", "use_gpu", "storage_path", "shared_storage", "name",
-              "max_failures", "stop_after_epoch"}
+              "max_failures", "stop_after_epoch", "compile"}
 
 
 class CheckpointError(RaycifarError):

@@ -33,7 +33,8 @@ from .cli import given
 from .config import ConfigError, TrainConfig
 from .connect import init_ray
 from .data import ArrayDataset, load_arrays
-from .engine import DivergenceError, evaluate, make_scaler, resolve_precision, train_epoch
+from .engine import (DivergenceError, evaluate, make_scaler, resolve_precision, train_epoch,
+                     unwrap)
 from .faults import ENV as FAULT_ENV
 from .faults import from_spec as fault_from_spec
 from .model import CustomResNet
@@ -146,12 +147,14 @@ def train_loop_per_worker(config: dict) -> dict:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)                        # Ray: device + DDP
+    if cfg.compile:  # compiles on the first batch; DDP's buckets become graph breaks
+        model = torch.compile(model)
     optimizer = make_optimizer(cfg, model)
     cycle = OneCycle(cfg.lr_min, cfg.lr_max, cfg.epochs, cfg.peak_epoch, len(train_loader))
     scheduler = cycle.build(optimizer, cfg.cycle_momentum)
     scaler = make_scaler(precision, device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    bare = model.module if hasattr(model, "module") else model
+    bare = unwrap(model)
 
     history: list[dict] = []
     steps: list[dict] = []
@@ -282,7 +285,7 @@ def _finish(cfg: TrainConfig, model: nn.Module, ev: dict, test_idx: np.ndarray, 
     run.write_npz("predictions.npz", labels=labels, preds=preds, probs=probs.astype(np.float32),
                   classes=np.array(arrays.classes), wrong_index=wrong,
                   wrong_images=arrays.x_test[wrong])
-    bare = model.module if hasattr(model, "module") else model
+    bare = unwrap(model)
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in bare.state_dict().items()}, buf)
     run.write_bytes("model.pt", buf.getvalue())

@@ -81,3 +81,19 @@ def test_auto_precision_never_picks_emulated_bf16_on_cpu():
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert got == ("bf16" if native else "fp32")
     assert resolve_precision("fp16", torch.device("cpu")) == "fp16"
+
+
+def test_unwrap_finds_the_network_inside_compile_and_ddp_style_wrappers():
+    from raycifar.engine import unwrap
+
+    net = nn.Sequential(nn.Linear(2, 2))
+
+    class Wrapper(nn.Module):  # DDP keeps the network as `.module`
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert unwrap(net) is net
+    assert unwrap(Wrapper(net)) is net
+    assert unwrap(torch.compile(Wrapper(net), backend="eager")) is net
+    assert set(unwrap(torch.compile(net, backend="eager")).state_dict()) == {"0.weight", "0.bias"}

@@ -142,3 +142,34 @@ def test_the_run_clock_sums_the_commands_of_a_run_done_in_pieces(monkeypatch):
     old = train.RunClock(start=0.0)
     old.resume({"epoch": 16})
     assert (old.commands, old.from_epoch, old.before) == (1, 17, 0.0)
+
+
+def test_compiling_may_change_on_resume_but_the_recipe_may_not(tmp_path):
+    cfg = tiny_train_config(tmp_path)
+    write_checkpoint(cfg)
+    assert check_resumable(cfg.replace(compile=True), num_classes=3) == 2
+    with pytest.raises(CheckpointError, match="augment"):
+        check_resumable(cfg.replace(augment="gpu"), num_classes=3)
+
+
+def test_a_compiled_run_saves_plain_weights(tmp_path, monkeypatch):
+    """torch.compile wraps the network; model.pt (and the checkpoints, written from the same
+    unwrapped module) must not carry its `_orig_mod.` prefix."""
+    from raycifar.train import fit
+
+    real = torch.compile
+    compiled = []
+
+    def dynamo_only(model, **kw):  # inductor's C++ builds take minutes on two cores
+        compiled.append(model)
+        return real(model, backend="eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", dynamo_only)
+    cfg = tiny_train_config(tmp_path, num_workers=0, epochs=2,
+                            compile=True)  # Ray Train's local mode: the loop runs in here
+    fit(cfg)
+    assert len(compiled) == 1
+    run = RunFolder(cfg.run_dir)
+    weights = torch.load(io.BytesIO(run.read_bytes("model.pt")), weights_only=True)
+    CustomResNet(3).load_state_dict(weights)  # strict: the same keys, no prefix
+    assert run.read_json("config.json")["config"]["compile"] is True
