@@ -9,6 +9,11 @@ ray, ray_2workers  raycifar's worker loop under Ray Train, 1 / 2 workers (global
     read-back, excludes evaluation, checkpoints and Ray's reporting between epochs.
 plain, plain_gpu_augment  a hand-written PyTorch loop in this process (no engine, no Ray), fed
     by the albumentations DataLoader (--augment, --loader-workers) or by DeviceBatches.
+plain_compile, plain_contiguous, plain_bf16  `plain` with one option turned: the model under
+    torch.compile (inductor), the NCHW layout instead of channels_last, bf16 autocast. Each is
+    skipped where `plain` already runs that way; plain_bf16 runs only when named in --only (on
+    a CPU without native bf16 it is ~20x slower). compile_extra: how much longer the compiled
+    loop's first (compiling) epoch took than its warm one.
 loader_worker  images/s ONE DataLoader worker delivers through the albumentations transform with
     no model (collation included, worker start excluded), set against `plain`'s rate.
 first_step  seconds from calling fit() until rank 0 is about to draw its first batch (its
@@ -20,6 +25,7 @@ host_peak_rss_*  ru_maxrss of this process and of its largest finished child (a 
     Ray's processes are not this process's waited-for children and are not counted.
 
     python -m raycifar.bench --data-dir /tmp/cifar10-dev --subset 3072 --repeats 3
+    python -m raycifar.bench --data-dir /tmp/cifar10-dev --only plain,plain_compile
 """
 
 from __future__ import annotations
@@ -54,11 +60,18 @@ FIGURES = {  # key: (label, unit), in report order
     "ray_2workers": ("Ray Train loop, 2 workers", "img/s"),
     "plain": ("plain PyTorch loop", "img/s"),
     "plain_gpu_augment": ("plain loop, augment=gpu (DeviceBatches)", "img/s"),
+    "plain_compile": ("plain loop, torch.compile", "img/s"),
+    "plain_contiguous": ("plain loop, contiguous (NCHW) layout", "img/s"),
+    "plain_bf16": ("plain loop, bf16 autocast", "img/s"),
+    "compile_extra": ("torch.compile: first epoch's extra time", "s"),
     "loader_worker": ("one albumentations loader worker, no model", "img/s"),
     "first_step": ("fit() to first step, Ray 1 worker", "s"),
     "command_to_first_step": ("process start to first step of the first Ray run", "s"),
     "gpu_peak_plain": ("GPU peak allocated, plain loop", "MiB"),
     "gpu_peak_plain_gpu_augment": ("GPU peak allocated, plain loop augment=gpu", "MiB"),
+    "gpu_peak_plain_compile": ("GPU peak allocated, plain loop torch.compile", "MiB"),
+    "gpu_peak_plain_contiguous": ("GPU peak allocated, plain loop contiguous", "MiB"),
+    "gpu_peak_plain_bf16": ("GPU peak allocated, plain loop bf16", "MiB"),
     "host_peak_rss_self": ("host peak RSS, bench process", "MiB"),
     "host_peak_rss_children": ("host peak RSS, largest finished child process", "MiB"),
 }
@@ -81,12 +94,16 @@ def _device(cfg: TrainConfig) -> torch.device:
                         else "cpu")
 
 
-def _warm_rate(epoch: Callable[[], int]) -> float:
-    """Run `epoch` (which returns the images it saw) twice; images/s of the second run."""
+def _warm_rate(epoch: Callable[[], int]) -> tuple[float, float]:
+    """Run `epoch` (which returns the images it saw) twice: images/s of the second run, and
+    how many seconds longer the first took."""
+    start = time.perf_counter()
     epoch()
+    first = time.perf_counter() - start
     start = time.perf_counter()
     images = epoch()
-    return images / (time.perf_counter() - start)
+    warm = time.perf_counter() - start
+    return images / warm, first - warm
 
 
 def _batches(cfg: TrainConfig, arrays: CifarArrays, device: torch.device):
@@ -100,8 +117,9 @@ def _batches(cfg: TrainConfig, arrays: CifarArrays, device: torch.device):
         pin_memory=device.type == "cuda")
 
 
-def plain_images_per_second(cfg: TrainConfig, arrays: CifarArrays) -> tuple[float, Optional[float]]:
-    """A hand-written loop, no raycifar engine, no Ray: (images/s, GPU peak MiB or None)."""
+def plain_loop(cfg: TrainConfig, arrays: CifarArrays) -> tuple[float, float, Optional[float]]:
+    """A hand-written loop, no raycifar engine, no Ray (under torch.compile if `cfg.compile`):
+    (images/s, first epoch's extra seconds, GPU peak MiB or None)."""
     device = _device(cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -119,6 +137,7 @@ def plain_images_per_second(cfg: TrainConfig, arrays: CifarArrays) -> tuple[floa
     sched = OneCycle(cfg.lr_min, cfg.lr_max, 2, 1, len(batches)).build(opt)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    net = torch.compile(model) if cfg.compile else model
 
     def epoch() -> int:
         seen = 0
@@ -127,7 +146,7 @@ def plain_images_per_second(cfg: TrainConfig, arrays: CifarArrays) -> tuple[floa
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                out = model(x)
+                out = net(x)
                 loss = loss_fn(out, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -139,13 +158,13 @@ def plain_images_per_second(cfg: TrainConfig, arrays: CifarArrays) -> tuple[floa
             seen += len(y)
         return seen
 
-    rate = _warm_rate(epoch)
+    rate, extra = _warm_rate(epoch)
     if device.type != "cuda":
-        return rate, None
+        return rate, extra, None
     peak = torch.cuda.max_memory_allocated(device) / 2**20
-    del model, opt, batches
+    model = net = opt = batches = None  # drop the references, then the cached blocks
     torch.cuda.empty_cache()  # leave the GPU to the Ray workers
-    return rate, peak
+    return rate, extra, peak
 
 
 def loader_images_per_second(cfg: TrainConfig, arrays: CifarArrays) -> float:
@@ -154,7 +173,7 @@ def loader_images_per_second(cfg: TrainConfig, arrays: CifarArrays) -> float:
     loader = torch.utils.data.DataLoader(
         ArrayDataset(arrays.x_train, arrays.y_train, train_transform(mean, std)),
         batch_size=cfg.batch_size, shuffle=True, num_workers=1, persistent_workers=True)
-    return _warm_rate(lambda: sum(len(y) for _, y in loader))
+    return _warm_rate(lambda: sum(len(y) for _, y in loader))[0]
 
 
 def ray_run(cfg: TrainConfig, key: str, use_gpu: bool) -> dict:
@@ -182,16 +201,33 @@ def host_peak_rss() -> dict:
                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
-def plan(cfg: TrainConfig, arrays: CifarArrays, use_gpu: bool,
-         cluster: dict) -> tuple[list[Measure], list[str]]:
-    """One repeat's measurements, Ray 1 worker first (it also times the command's start)."""
+VARIANTS = ("ray", "ray_2workers", "plain", "plain_gpu_augment", "plain_compile",
+            "plain_contiguous", "plain_bf16", "loader_worker")
+OPT_IN = {"plain_bf16"}  # measured only when named in --only
+# `plain` with one setting changed: variant -> (setting, value, what the skip note calls it)
+TURNED = {"plain_gpu_augment": ("augment", "gpu", "augment=gpu"),
+          "plain_compile": ("compile", True, "torch.compile"),
+          "plain_contiguous": ("channels_last", False, "the contiguous layout"),
+          "plain_bf16": ("precision", "bf16", "bf16")}
+
+
+def plan(cfg: TrainConfig, arrays: CifarArrays, use_gpu: bool, cluster: dict,
+         only: Optional[set[str]] = None) -> tuple[list[Measure], list[str]]:
+    """One repeat's measurements (those in `only`, default all but OPT_IN), Ray 1 worker first
+    (it also times the command's start)."""
+    wanted = set(VARIANTS) - OPT_IN if only is None else set(only)
     gpu = " + 1 GPU" if use_gpu else ""
-    notes = [f"Ray 1 worker: {cfg.cpus_per_worker} CPU(s){gpu}"]
+    notes = []
     if not torch.cuda.is_available():
         notes.append("no GPU here: the plain loops ran on CPU, GPU peak memory not measured")
-    steps: list[Measure] = [lambda: ray_run(cfg, "ray", use_gpu)]
+    steps: list[Measure] = []
+    if "ray" in wanted:
+        notes.insert(0, f"Ray 1 worker: {cfg.cpus_per_worker} CPU(s){gpu}")
+        steps.append(lambda: ray_run(cfg, "ray", use_gpu))
     gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
-    if use_gpu and gpus < 2:
+    if "ray_2workers" not in wanted:
+        pass
+    elif use_gpu and gpus < 2:
         notes.append(f"Ray 2 workers skipped: {gpus} GPU(s) in the cluster, 2 workers need 2")
     elif cfg.batch_size % 2:
         notes.append(f"Ray 2 workers skipped: batch {cfg.batch_size} does not split in two")
@@ -202,15 +238,31 @@ def plan(cfg: TrainConfig, arrays: CifarArrays, use_gpu: bool,
                      f"{cfg.batch_size // 2} each")
         steps.append(lambda: ray_run(two, "ray_2workers", use_gpu))
 
-    def plain(c: TrainConfig, key: str) -> Measure:
-        return lambda: dict(zip((key, "gpu_peak_" + key), plain_images_per_second(c, arrays)))
+    def plain(c: TrainConfig, key: str, extra: Optional[str] = None) -> Measure:
+        def measure() -> dict:
+            rate, first_extra, peak = plain_loop(c, arrays)
+            out = {key: rate, "gpu_peak_" + key: peak}
+            if extra:
+                out[extra] = first_extra
+            return out
+        return measure
 
-    steps.append(plain(cfg, "plain"))
-    if cfg.augment == "gpu":
-        notes.append("plain loop augment=gpu skipped: --augment gpu already feeds `plain`")
-    else:
-        steps.append(plain(cfg.replace(augment="gpu"), "plain_gpu_augment"))
-    steps.append(lambda: {"loader_worker": loader_images_per_second(cfg, arrays)})
+    if "plain" in wanted:
+        steps.append(plain(cfg, "plain"))
+    device = _device(cfg)
+    for key, (setting, value, what) in TURNED.items():
+        if key not in wanted:
+            continue
+        now = getattr(cfg, setting)
+        if setting == "precision":
+            now = resolve_precision(now, device)
+        if now == value:
+            notes.append(f"plain loop {what} skipped: `plain` already runs with it")
+        else:
+            steps.append(plain(cfg.replace(**{setting: value}), key,
+                               "compile_extra" if setting == "compile" else None))
+    if "loader_worker" in wanted:
+        steps.append(lambda: {"loader_worker": loader_images_per_second(cfg, arrays)})
     return steps, notes
 
 
@@ -241,6 +293,10 @@ def ratios(figures: dict[str, dict], loader_workers: int) -> dict[str, dict]:
             ("ray2_over_ray1", "Ray 2 workers / Ray 1 worker", "ray_2workers", "ray", 1),
             ("gpu_augment_over_plain", "plain augment=gpu / plain", "plain_gpu_augment",
              "plain", 1),
+            ("compile_over_plain", "plain torch.compile / plain", "plain_compile", "plain", 1),
+            ("contiguous_over_plain", "plain contiguous / plain", "plain_contiguous", "plain",
+             1),
+            ("bf16_over_plain", "plain bf16 / plain", "plain_bf16", "plain", 1),
             ("loader_worker_over_plain", "one loader worker / plain loop's step rate",
              "loader_worker", "plain", 1),
             ("loader_workers_over_plain", f"{loader_workers} loader workers / plain loop's step "
@@ -295,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="BENCHMARKS.md", help="Markdown report")
     p.add_argument("--json", default=None, help="also write the figures as JSON here")
     p.add_argument("--address", default=None, help="join this Ray cluster; default: start one")
+    p.add_argument("--only", default=None, metavar="VARIANT[,VARIANT]",
+                   help=f"measure only these of {', '.join(VARIANTS)} (default: all)")
     add_debug_flag(p)
     return p
 
@@ -303,6 +361,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     started = _process_start()
     if args.repeats < 1:
         raise ConfigError([f"repeats={args.repeats} must be >= 1"])
+    only = None if args.only is None else {v.strip() for v in args.only.split(",") if v.strip()}
+    if only is not None and (not only or only - set(VARIANTS)):
+        raise ConfigError([f"--only {args.only!r}: pick from {', '.join(VARIANTS)}"])
     cfg = config_from_args(args).replace(num_workers=1)
     arrays = load_arrays(cfg)  # validates the data and fills the decode cache before timing
     init_ray(args.address)
@@ -310,24 +371,28 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
     cluster = ray.cluster_resources()
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster.get("GPU", 0) > 0
-    steps, notes = plan(cfg, arrays, use_gpu, cluster)
+    steps, notes = plan(cfg, arrays, use_gpu, cluster, only)
     values = run_repeats(steps, args.repeats, started)
     values.update({k: [v] for k, v in host_peak_rss().items()})
     figures = summarise(values)
     loaders = cfg.loader_workers or TrainConfig.loader_workers
     rat = ratios(figures, loaders)
-    keeps_up = rat["loader_workers_over_plain"]["value"] > 1
-    notes.append(f"{loaders} albumentations loader workers deliver "
-                 f"{'more' if keeps_up else 'less'} than the plain loop consumes (whose rate "
-                 "includes its own loading; augment=gpu shows the model without it)")
+    keeps_up = None
+    if "loader_workers_over_plain" in rat:
+        keeps_up = rat["loader_workers_over_plain"]["value"] > 1
+        notes.append(f"{loaders} albumentations loader workers deliver "
+                     f"{'more' if keeps_up else 'less'} than the plain loop consumes (whose rate "
+                     "includes its own loading; augment=gpu shows the model without it)")
     precision = resolve_precision(cfg.precision, _device(cfg))
     result = {"machine": machine_info(precision), "repeats": args.repeats,
               "command": shlex.join(["python", "-m", "raycifar.bench", *argv]),
               "figures": figures, "ratios": rat, "loader_keeps_up": keeps_up, "notes": notes,
               # the fields of the first version of this file (results/bench-cpu.json)
-              "plain": values["plain"], "ray": values["ray"],
-              "plain_median": figures["plain"]["median"], "ray_median": figures["ray"]["median"],
-              "ratio": figures["ray"]["median"] / figures["plain"]["median"],
+              **({"plain": values["plain"], "ray": values["ray"],
+                  "plain_median": figures["plain"]["median"],
+                  "ray_median": figures["ray"]["median"],
+                  "ratio": figures["ray"]["median"] / figures["plain"]["median"]}
+                 if "ray" in figures and "plain" in figures else {}),
               "precision": precision, "batch_size": cfg.batch_size, "subset": cfg.subset,
               "threads": cfg.cpus_per_worker, "loader_workers": cfg.loader_workers}
     text = markdown(result)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
 import pytest
+import torch
 
 from raycifar import bench
 from raycifar.config import TrainConfig
@@ -44,6 +46,7 @@ def test_ratios_are_of_medians_and_leave_out_missing_figures():
 def test_markdown_holds_the_machine_the_command_every_figure_and_ratio():
     values = {"ray": [9.0, 11.0, 10.0], "ray_2workers": [12.0, 13.0, 14.0],
               "plain": [20.0, 21.0, 22.0], "plain_gpu_augment": [30.0, 31.0, 32.0],
+              "plain_compile": [24.0, 25.0, 26.0], "compile_extra": [60.0, 61.0, 62.0],
               "loader_worker": [100.0, 110.0, 120.0], "first_step": [5.0, 6.0, 7.0],
               "command_to_first_step": [12.5], "host_peak_rss_self": [900.0],
               "host_peak_rss_children": [300.0]}
@@ -59,6 +62,7 @@ def test_markdown_holds_the_machine_the_command_every_figure_and_ratio():
     for r in result["ratios"].values():
         assert f"| {r['label']} | {r['value']:.2f} |" in text
     assert "| Ray 1 worker / plain loop | 0.48 |" in text
+    assert "| plain torch.compile / plain | 1.19 |" in text
     assert "- Ray 2 workers: 1 CPU(s) and batch 8 each" in text
 
 
@@ -86,22 +90,46 @@ def _cfg(**changes) -> TrainConfig:
 
 def test_plan_skips_two_workers_on_one_gpu():
     steps, notes = bench.plan(_cfg(), None, use_gpu=True, cluster={"CPU": 16, "GPU": 1})
-    assert len(steps) == 4  # ray, plain, plain augment=gpu, loader worker
+    assert len(steps) == 6  # ray, plain, augment=gpu, compile, contiguous, loader worker
     assert any("Ray 2 workers skipped: 1 GPU(s)" in n for n in notes)
 
 
 def test_plan_gives_two_cpu_workers_half_the_cluster_each():
     steps, notes = bench.plan(_cfg(), None, use_gpu=False, cluster={"CPU": 6})
-    assert len(steps) == 5
+    assert len(steps) == 7
     assert "Ray 2 workers: 3 CPU(s) and batch 8 each" in notes
     _, notes = bench.plan(_cfg(), None, use_gpu=False, cluster={"CPU": 1})
     assert "Ray 2 workers: 1 CPU(s) and batch 8 each" in notes
 
 
-def test_plan_skips_the_gpu_augment_variant_when_it_is_already_the_plain_one():
-    steps, notes = bench.plan(_cfg(augment="gpu"), None, use_gpu=False, cluster={"CPU": 2})
-    assert len(steps) == 4
-    assert any("augment=gpu skipped" in n for n in notes)
+def test_plan_skips_a_variant_that_is_already_the_plain_one():
+    for changes, skipped in [({"augment": "gpu"}, "augment=gpu"),
+                             ({"compile": True}, "torch.compile"),
+                             ({"channels_last": False}, "the contiguous layout")]:
+        steps, notes = bench.plan(_cfg(**changes), None, use_gpu=False, cluster={"CPU": 2})
+        assert len(steps) == 6, changes
+        assert f"plain loop {skipped} skipped: `plain` already runs with it" in notes
+    steps, notes = bench.plan(_cfg(precision="bf16"), None, use_gpu=False, cluster={"CPU": 2},
+                              only={"plain", "plain_bf16"})
+    assert len(steps) == 1 and "plain loop bf16 skipped: `plain` already runs with it" in notes
+
+
+def test_plan_measures_only_the_variants_asked_for():
+    steps, notes = bench.plan(_cfg(), None, use_gpu=False, cluster={"CPU": 2},
+                              only={"plain", "plain_compile"})
+    assert len(steps) == 2
+    assert not any("Ray" in n for n in notes)
+    # bf16 only when asked: emulated on CPUs without bf16 units it takes ~20x as long
+    default, _ = bench.plan(_cfg(precision="fp32"), None, use_gpu=False, cluster={"CPU": 2})
+    asked, _ = bench.plan(_cfg(precision="fp32"), None, use_gpu=False, cluster={"CPU": 2},
+                          only=set(bench.VARIANTS))
+    assert len(asked) == len(default) + 1
+
+
+def test_only_names_unknown_variants_in_a_one_line_error(capsys):
+    assert bench.main(["--only", "plain,turbo"]) == 2
+    err = capsys.readouterr().err
+    assert "--only 'plain,turbo'" in err and "plain_compile" in err
 
 
 def test_parser_takes_the_train_flags_and_the_bench_ones():
@@ -128,13 +156,35 @@ def test_plain_loops_and_loader_worker_run_on_tiny_data(tmp_path):
     cfg = tiny_train_config(tmp_path, batch_size=8, subset=24, use_gpu=False)  # 3 steps
     arrays = load_arrays(cfg)
     for c in (cfg, cfg.replace(augment="gpu")):
-        rate, peak = bench.plain_images_per_second(c, arrays)
+        rate, _, peak = bench.plain_loop(c, arrays)
         assert rate > 0 and peak is None
     assert bench.loader_images_per_second(cfg, arrays) > 0
 
 
+def test_plain_loop_compiles_the_model_when_asked(tmp_path, monkeypatch):
+    from raycifar.data import load_arrays
+
+    compiled = []
+
+    def fake_compile(model, **kw):  # dynamo's tracing without inductor's minutes of C++ builds
+        compiled.append(type(model).__name__)
+        return REAL_COMPILE(model, backend="eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = tiny_train_config(tmp_path, batch_size=8, subset=24, use_gpu=False)
+    arrays = load_arrays(cfg)
+    rate, _, _ = bench.plain_loop(cfg, arrays)
+    assert rate > 0 and compiled == []
+    rate, _, _ = bench.plain_loop(cfg.replace(compile=True), arrays)
+    assert rate > 0 and compiled == ["CustomResNet"]
+
+
+REAL_COMPILE = torch.compile
+
+
 @pytest.mark.ray
-def test_whole_bench_writes_markdown_and_json_with_every_variant(tmp_path, ray_cluster):
+def test_whole_bench_writes_markdown_and_json_with_every_variant(tmp_path, ray_cluster,
+                                                                 monkeypatch):
     data = write_folder(tmp_path / "data", n_train=24, n_test=8)
     md, js = tmp_path / "BENCH.md", tmp_path / "bench.json"
     argv = ["--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"), "--subset", "32",
@@ -142,11 +192,13 @@ def test_whole_bench_writes_markdown_and_json_with_every_variant(tmp_path, ray_c
             "--cpus-per-worker", "1", "--loader-workers", "0", "--precision", "fp32",
             "--no-channels-last", "--no-use-gpu", "--repeats", "1",
             "--out", str(md), "--json", str(js)]
+    # torch.compile with dynamo alone: inductor's C++ builds take minutes on two cores
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     assert bench.main(argv) == 0
 
     result = json.loads(js.read_text())
-    expected = ["ray", "ray_2workers", "plain", "plain_gpu_augment", "loader_worker",
-                "first_step", "command_to_first_step", "host_peak_rss_self"]
+    expected = ["ray", "ray_2workers", "plain", "plain_gpu_augment", "plain_compile",
+                "loader_worker", "first_step", "command_to_first_step", "host_peak_rss_self"]
     for key in expected:
         assert result["figures"][key]["median"] > 0, key
         assert all(v > 0 for v in result["figures"][key]["values"]), key
