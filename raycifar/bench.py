@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the figures as JSON here")
     p.add_argument("--address", default=None, help="join this Ray cluster; default: start one")
     p.add_argument("--only", default=None, metavar="VARIANT[,VARIANT]",
-                   help=f"measure only these of {', '.join(VARIANTS)} (default: all)")
+                   help=f"measure only these of {', '.join(VARIANTS)} (default: all but "
+                        f"{', '.join(sorted(OPT_IN))})")
     add_debug_flag(p)
     return p
 
