@@ -10,3 +10,5 @@ tar -xzf ../shared/data/cifar10-dev.tar.gz -C /tmp
 export RAY_AUTH_MODE=disabled
 python -m raycifar.train --data-dir /tmp/cifar10-dev --storage-path /work/runs \
     --name dev-full-gpuaug --augment gpu --lr-from /work/runs/dev-full --stop-after-epoch 4
+# Pieces: epochs 1-4 (session 6, 2026-11-29 11:30-12:55, this command). Later pieces: the same
+# command with a later --stop-after-epoch (24 for the last).
