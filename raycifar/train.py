@@ -243,7 +243,7 @@ def train_loop_per_worker(config: dict) -> dict:
     if ev is None:  # resumed after the last epoch: nothing evaluated in this call yet
         ev = evaluate(model, test_loader, device=device, precision=precision,
                       channels_last=cfg.channels_last, tta=cfg.tta)
-    return _finish(cfg, model, ev, test_idx, arrays, history, train_seconds, clock, world,
+    return _finish(cfg, bare, ev, test_idx, arrays, history, train_seconds, clock, world,
                    device, run, precision)
 
 
@@ -263,10 +263,11 @@ def _record_epoch(run: RunFolder, cfg: TrainConfig, row: dict, history: list[dic
         ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))  # Ray: barrier
 
 
-def _finish(cfg: TrainConfig, model: nn.Module, ev: dict, test_idx: np.ndarray, arrays,
+def _finish(cfg: TrainConfig, bare: nn.Module, ev: dict, test_idx: np.ndarray, arrays,
             history: list[dict], train_seconds: float, clock: RunClock, world: int,
             device: torch.device, run: Optional[RunFolder], precision: str) -> dict:
-    """Gather test predictions from every rank; rank 0 writes predictions, model and summary."""
+    """Gather test predictions from every rank; rank 0 writes predictions, the weights of
+    `bare` (the unwrapped network) and the summary."""
     import torch.distributed as dist
 
     part = (test_idx, ev["probs"].float().cpu().numpy(), ev["labels"].cpu().numpy())
@@ -285,7 +286,6 @@ def _finish(cfg: TrainConfig, model: nn.Module, ev: dict, test_idx: np.ndarray, 
     run.write_npz("predictions.npz", labels=labels, preds=preds, probs=probs.astype(np.float32),
                   classes=np.array(arrays.classes), wrong_index=wrong,
                   wrong_images=arrays.x_test[wrong])
-    bare = unwrap(model)
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in bare.state_dict().items()}, buf)
     run.write_bytes("model.pt", buf.getvalue())
