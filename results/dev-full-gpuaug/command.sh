@@ -11,5 +11,5 @@ export RAY_AUTH_MODE=disabled
 python -m raycifar.train --data-dir /tmp/cifar10-dev --storage-path /work/runs \
     --name dev-full-gpuaug --augment gpu --lr-from /work/runs/dev-full --stop-after-epoch 4
 # Pieces: epochs 1-4 (session 6, 2026-11-29 11:30-12:55, this command); epochs 5-12 (session 7,
-# 13:12-15:55, the same command with --stop-after-epoch 12). Later pieces: the same command with
-# a later --stop-after-epoch (24 for the last).
+# 13:12-15:55, the same command with --stop-after-epoch 12); epochs 13-20 (session 8,
+# 16:12-18:56, --stop-after-epoch 20). Last piece: the same command with --stop-after-epoch 24.
