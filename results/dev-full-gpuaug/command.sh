@@ -5,11 +5,11 @@
 # is the only difference. Run from the repository root. At ~40 images/s the run is done in
 # pieces across working sessions: each piece is the same command, which resumes from the last
 # epoch checkpoint in /work/runs/dev-full-gpuaug (--stop-after-epoch only decides where a
-# piece ends).
+# piece ends; 24 runs to the end).
 tar -xzf ../shared/data/cifar10-dev.tar.gz -C /tmp
 export RAY_AUTH_MODE=disabled
 python -m raycifar.train --data-dir /tmp/cifar10-dev --storage-path /work/runs \
-    --name dev-full-gpuaug --augment gpu --lr-from /work/runs/dev-full --stop-after-epoch 4
-# Pieces: epochs 1-4 (session 6, 2026-11-29 11:30-12:55, this command); epochs 5-12 (session 7,
-# 13:12-15:55, the same command with --stop-after-epoch 12); epochs 13-20 (session 8,
-# 16:12-18:56, --stop-after-epoch 20). Last piece: the same command with --stop-after-epoch 24.
+    --name dev-full-gpuaug --augment gpu --lr-from results/dev-full --stop-after-epoch 24
+# Attempt 1 (sessions 6-8) read the LRs from /work/runs/dev-full and got through epoch 20 in
+# three pieces (--stop-after-epoch 4, 12, 20); its run folder was lost with the machine before
+# session 9. Attempt 2 started from scratch in session 9 (2026-11-29 19:23) with this command.
