@@ -1,0 +1,56 @@
+"""Compare two runs on the same test set: the accuracy gap, its standard error, per-epoch gaps
+and training speed, as markdown.
+
+    python jobs/compare.py ~/raycifar_runs/baseline ~/raycifar_runs/fast --tolerance 0.3
+    python jobs/compare.py results/dev-full /work/runs/dev-full-gpuaug --names albu,gpu --out cmp.md
+
+The work is in `raycifar.compare`; this script only parses flags and prints or writes the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from raycifar.cli import add_debug_flag, run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobs/compare.py", allow_abbrev=False,
+        description="Test accuracy of run B against run A at the last epoch both have: the gap "
+                    "with its standard error (paired, with McNemar's exact test, when both "
+                    "finished runs wrote predictions.npz), per-epoch gaps and training speed.")
+    parser.add_argument("run_a", help="the reference run folder (local path or URI)")
+    parser.add_argument("run_b", help="the run compared with it")
+    parser.add_argument("--tolerance", type=float, default=None, metavar="POINTS",
+                        help="also say whether |gap| is within this many percentage points")
+    parser.add_argument("--names", default="A,B", metavar="A,B",
+                        help="what to call the two runs in the table (default: A,B)")
+    parser.add_argument("--out", default=None, help="write the markdown here instead of stdout")
+    add_debug_flag(parser)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    from raycifar.compare import compare, to_markdown
+    from raycifar.config import RaycifarError
+
+    names = args.names.split(",")
+    if len(names) != 2 or not all(n.strip() for n in names):
+        raise RaycifarError(f"--names takes two names separated by a comma, not {args.names!r}")
+    if args.tolerance is not None and args.tolerance < 0:
+        raise RaycifarError(f"--tolerance must be >= 0 points, not {args.tolerance}")
+    tolerance = None if args.tolerance is None else args.tolerance / 100
+    text = to_markdown(compare(args.run_a, args.run_b, tolerance), *(n.strip() for n in names))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"comparison: {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, build_parser()))
