@@ -13,3 +13,11 @@ python -m raycifar.train --data-dir /tmp/cifar10-dev --storage-path /work/runs \
 # Attempt 1 (sessions 6-8) read the LRs from /work/runs/dev-full and got through epoch 20 in
 # three pieces (--stop-after-epoch 4, 12, 20); its run folder was lost with the machine before
 # session 9. Attempt 2 started from scratch in session 9 (2026-11-29 19:23) with this command.
+#
+# After the last piece (epoch 24), from the repository root: the run's small files (its
+# predictions.npz too, ~1-2 MB, for a paired comparison later), the report, and the comparison
+# with dev-full (unpaired: dev-full's predictions.npz was lost with attempt 1).
+#   R=/work/runs/dev-full-gpuaug; D=results/dev-full-gpuaug
+#   cp $R/metrics.csv $R/summary.json $R/config.json $R/lr_steps.csv $R/predictions.npz $D/
+#   python jobs/report.py $R --out $D
+#   python jobs/compare.py results/dev-full $D --names albumentations,gpu --tolerance 0.3 --out $D/compare.md
