@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 from pathlib import Path
@@ -19,6 +20,15 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 CLASSES = ["cat", "dog", "frog"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_job_script(name: str):
+    """jobs/<name>.py as a module, to run its CLI in the test's process (torch already loaded)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def class_images(label: int, n: int, rng: np.random.Generator) -> np.ndarray:

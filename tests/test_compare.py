@@ -1,6 +1,5 @@
 """Comparing two runs: the statistics by hand, and the table from small run folders on disk."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,7 +12,7 @@ from raycifar.compare import compare, exact_mcnemar_p, paired_gap, to_markdown, 
 from raycifar.report import METRICS
 from raycifar.runs import RunFolderError
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_job_script
 
 
 def write_run(root: Path, accs, speeds=None, labels=None, preds=None, finished=True,
@@ -53,14 +52,7 @@ def table_rows(md: str):
     return [line for line in md.splitlines() if line.startswith("|")]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("compare_script", REPO / "jobs" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = load_script()
+script = load_job_script("compare")
 
 
 @pytest.mark.parametrize("b, c, p", [

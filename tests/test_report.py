@@ -1,7 +1,6 @@
 """The run report: numbers, plots and report.md from a real (tiny, in-process) training run."""
 
 import csv
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -18,9 +17,8 @@ from raycifar.report import (GALLERY_SIZE, _summary_table, confusion_matrix, gal
                              load_run, per_class_accuracy, triangular_curve, write_report)
 from raycifar.runs import RunFolderError
 
-from conftest import write_folder
+from conftest import REPO, load_job_script, write_folder
 
-REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = ["config.json", "metrics.csv", "lr_steps.csv", "predictions.npz", "summary.json"]
 PLOTS = {"one_cycle.png", "triangular.png", "training_curves.png", "misclassified.png",
          "confusion_matrix.png"}
@@ -55,15 +53,7 @@ def run_copy(run_dir, tmp_path) -> Path:
     return copy
 
 
-def load_script():
-    """jobs/report.py as a module, to run its CLI in this process (torch is already loaded)."""
-    spec = importlib.util.spec_from_file_location("report_script", REPO / "jobs" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-script = load_script()
+script = load_job_script("report")
 
 
 def test_default_output_folder():
