@@ -124,7 +124,10 @@ def compare(uri_a: str, uri_b: str, tolerance: Optional[float] = None) -> Compar
     if not both_final:
         notes.append(f"compared at epoch {epoch}, the last both runs have: at least one run "
                      "is not finished there, so this is not the final gap")
-    acc = lambda r: float(r.metrics["test_acc"][list(r.metrics["epoch"].astype(int)).index(epoch)])
+
+    def acc(r: Run) -> float:
+        return float(r.metrics["test_acc"][list(r.metrics["epoch"].astype(int)).index(epoch)])
+
     if both_final and a.labels is not None and b.labels is not None:
         if not np.array_equal(a.labels, b.labels):
             raise RunFolderError("the runs' predictions.npz hold different test labels: not "
@@ -174,7 +177,8 @@ def to_markdown(c: Comparison, name_a: str = "A", name_b: str = "B") -> str:
         i, j = ea.index(e), eb.index(e)
         ta, tb = c.a.metrics["test_acc"][i], c.b.metrics["test_acc"][j]
         sa, sb = c.a.metrics["images_per_second"][i], c.b.metrics["images_per_second"][j]
-        speed_a.append(sa), speed_b.append(sb)
+        speed_a.append(sa)
+        speed_b.append(sb)
         lines.append(f"| {e} | {_pts(ta)} | {_pts(tb)} | {_pts(tb - ta, True)} | "
                      f"{sa:.1f} | {sb:.1f} |")
     ma, mb = float(np.median(speed_a)), float(np.median(speed_b))
