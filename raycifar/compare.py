@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from .report import METRICS, _table
+from .report import METRICS, _optional, _table
 from .runs import RunFolder, RunFolderError
 
 
@@ -34,13 +34,21 @@ class Run:
     preds: Optional[np.ndarray] = None
     finished: bool = False
 
+    @property
+    def epochs(self) -> list[int]:
+        return self.metrics["epoch"].astype(int).tolist()
+
+    def at(self, epoch: int, column: str) -> float:
+        """One metrics.csv figure of the given epoch."""
+        return float(self.metrics[column][self.epochs.index(epoch)])
+
 
 def load(uri: str) -> Run:
     run = RunFolder(uri)
     if not run.exists():
         raise RunFolderError(f"{uri} does not exist; pass a run folder (<storage_path>/<name>)")
     metrics = _table(run, "metrics.csv", METRICS)
-    summary = run.read_json("summary.json") if run.exists("summary.json") else None
+    summary = _optional(run, "summary.json", lambda: run.read_json("summary.json"))
     labels = preds = None
     if run.exists("predictions.npz"):
         z = run.read_npz("predictions.npz")
@@ -99,10 +107,14 @@ def unpaired_gap(acc_a: float, acc_b: float, n: Optional[int]) -> Gap:
 class Comparison:
     a: Run
     b: Run
-    epoch: int  # the last epoch both runs have
+    epochs: list[int]  # the epochs both runs have; the gap is at the last
     gap: Gap
     tolerance: Optional[float]  # in fractions
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def epoch(self) -> int:
+        return self.epochs[-1]
 
     @property
     def within(self) -> Optional[bool]:
@@ -112,36 +124,32 @@ class Comparison:
 def compare(uri_a: str, uri_b: str, tolerance: Optional[float] = None) -> Comparison:
     """Compare run B against run A at the last epoch both have (tolerance in fractions)."""
     a, b = load(uri_a), load(uri_b)
-    common = sorted(set(a.metrics["epoch"].astype(int)) & set(b.metrics["epoch"].astype(int)))
+    common = sorted(set(a.epochs) & set(b.epochs))
     if not common:
         raise RunFolderError(f"{uri_a} and {uri_b} have no epoch in common")
     epoch, notes = common[-1], []
     if a.test_images and b.test_images and a.test_images != b.test_images:
         raise RunFolderError(f"the runs were tested on different sets ({a.test_images} and "
                              f"{b.test_images} images); their accuracies do not compare")
-    both_final = (a.finished and b.finished and epoch == int(a.metrics["epoch"][-1])
-                  == int(b.metrics["epoch"][-1]))
+    both_final = a.finished and b.finished and epoch == a.epochs[-1] == b.epochs[-1]
     if not both_final:
         notes.append(f"compared at epoch {epoch}, the last both runs have: at least one run "
                      "is not finished there, so this is not the final gap")
-
-    def acc(r: Run) -> float:
-        return float(r.metrics["test_acc"][list(r.metrics["epoch"].astype(int)).index(epoch)])
-
     if both_final and a.labels is not None and b.labels is not None:
         if not np.array_equal(a.labels, b.labels):
             raise RunFolderError("the runs' predictions.npz hold different test labels: not "
                                  "the same test images in the same order")
         gap = paired_gap(a.labels, a.preds, b.preds)
     else:
-        gap = unpaired_gap(acc(a), acc(b), a.test_images or b.test_images)
+        gap = unpaired_gap(a.at(epoch, "test_acc"), b.at(epoch, "test_acc"),
+                           a.test_images or b.test_images)
         missing = [r.uri for r in (a, b) if r.labels is None]
         notes.append("unpaired standard error: " + (
             f"no predictions.npz in {', '.join(missing)}" if both_final and missing
             else "per-image predictions exist only for a finished run's last epoch")
             + "; it treats the two accuracies as independent, which overstates the noise of "
               "a gap measured on one shared test set")
-    return Comparison(a, b, epoch, gap, tolerance, notes)
+    return Comparison(a, b, common, gap, tolerance, notes)
 
 
 def _pts(x: Optional[float], sign: bool = False) -> str:
@@ -171,17 +179,13 @@ def to_markdown(c: Comparison, name_a: str = "A", name_b: str = "B") -> str:
     lines += ["", "Per epoch (test accuracy, %; images/s of training):", "",
               f"| epoch | {name_a} | {name_b} | gap | img/s {name_a} | img/s {name_b} |",
               "|---|---|---|---|---|---|"]
-    ea, eb = (list(r.metrics["epoch"].astype(int)) for r in (c.a, c.b))
-    speed_a, speed_b = [], []
-    for e in sorted(set(ea) & set(eb)):
-        i, j = ea.index(e), eb.index(e)
-        ta, tb = c.a.metrics["test_acc"][i], c.b.metrics["test_acc"][j]
-        sa, sb = c.a.metrics["images_per_second"][i], c.b.metrics["images_per_second"][j]
-        speed_a.append(sa)
-        speed_b.append(sb)
+    for e in c.epochs:
+        ta, tb = c.a.at(e, "test_acc"), c.b.at(e, "test_acc")
         lines.append(f"| {e} | {_pts(ta)} | {_pts(tb)} | {_pts(tb - ta, True)} | "
-                     f"{sa:.1f} | {sb:.1f} |")
-    ma, mb = float(np.median(speed_a)), float(np.median(speed_b))
+                     f"{c.a.at(e, 'images_per_second'):.1f} | "
+                     f"{c.b.at(e, 'images_per_second'):.1f} |")
+    ma, mb = (float(np.median([r.at(e, "images_per_second") for e in c.epochs]))
+              for r in (c.a, c.b))
     lines += ["", f"Median training speed over these epochs: {name_a} {ma:.1f}, {name_b} "
               f"{mb:.1f} images/s ({name_b}/{name_a} {mb / ma:.2f}); epochs that shared the "
               "machine with other work pull a run's figures down."]
