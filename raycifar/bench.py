@@ -15,7 +15,9 @@ plain_compile, plain_contiguous, plain_bf16  `plain` with one option turned: the
     a CPU without native bf16 it is ~20x slower). compile_extra: how much longer the compiled
     loop's first (compiling) epoch took than its warm one.
 loader_worker  images/s ONE DataLoader worker delivers through the albumentations transform with
-    no model (collation included, worker start excluded), set against `plain`'s rate.
+    no model (collation included, worker start excluded), set against `plain`'s rate and, the
+    fairer yardstick, against `plain_gpu_augment`'s (the model's rate with no loader to wait for;
+    on a fast GPU the plain loop only shows how fast its loader is).
 first_step  seconds from calling fit() until rank 0 is about to draw its first batch (its
     config.json is written): controller and worker start, process group, the worker's imports,
     data load, model build; excludes starting Ray. command_to_first_step: once, from this
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shlex
@@ -301,9 +304,39 @@ def ratios(figures: dict[str, dict], loader_workers: int) -> dict[str, dict]:
              "loader_worker", "plain", 1),
             ("loader_workers_over_plain", f"{loader_workers} loader workers / plain loop's step "
              "rate (> 1: they deliver more than the model consumes)", "loader_worker", "plain",
-             loader_workers)]
+             loader_workers),
+            ("loader_workers_over_unfed", f"{loader_workers} loader workers / augment=gpu loop's "
+             "step rate (< 1: the loader holds the model back)", "loader_worker",
+             "plain_gpu_augment", loader_workers)]
     return {key: {"label": label, "value": n * med[a] / med[b]}
             for key, label, a, b, n in spec if a in med and med.get(b)}
+
+
+def loader_verdict(figures: dict[str, dict], rat: dict[str, dict],
+                   loaders: int) -> tuple[Optional[bool], Optional[str]]:
+    """Whether `loaders` albumentations workers keep the model fed, and a note saying so.
+
+    The augment=gpu loop's rate is the fairer yardstick: it is the model's step rate with no
+    loader to wait for, while the plain loop's rate already includes waiting for its loader (on
+    a fast GPU it is the loader's rate, and comparing the loader with it proves nothing)."""
+    if "loader_workers_over_unfed" in rat:
+        ratio = rat["loader_workers_over_unfed"]["value"]
+        need = math.ceil(figures["plain_gpu_augment"]["median"]
+                         / figures["loader_worker"]["median"])
+        keeps_up = ratio > 1
+        return keeps_up, (
+            f"{loaders} albumentations loader workers deliver {ratio:.2f}x what the model "
+            f"consumes when no loader holds it back (the augment=gpu loop's rate): "
+            + ("the loader is not the bottleneck" if keeps_up else
+               f"the loader IS the bottleneck; about {need} workers, or --augment gpu, would "
+               "keep the model fed"))
+    if "loader_workers_over_plain" in rat:
+        keeps_up = rat["loader_workers_over_plain"]["value"] > 1
+        return keeps_up, (
+            f"{loaders} albumentations loader workers deliver {'more' if keeps_up else 'less'} "
+            "than the plain loop consumes (whose rate includes its own loading; measure "
+            "plain_gpu_augment too for the model's rate without it)")
+    return None, None
 
 
 def machine_info(precision: str) -> dict:
@@ -378,12 +411,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     figures = summarise(values)
     loaders = cfg.loader_workers or TrainConfig.loader_workers
     rat = ratios(figures, loaders)
-    keeps_up = None
-    if "loader_workers_over_plain" in rat:
-        keeps_up = rat["loader_workers_over_plain"]["value"] > 1
-        notes.append(f"{loaders} albumentations loader workers deliver "
-                     f"{'more' if keeps_up else 'less'} than the plain loop consumes (whose rate "
-                     "includes its own loading; augment=gpu shows the model without it)")
+    keeps_up, note = loader_verdict(figures, rat, loaders)
+    if note:
+        notes.append(note)
     precision = resolve_precision(cfg.precision, _device(cfg))
     result = {"machine": machine_info(precision), "repeats": args.repeats,
               "command": shlex.join(["python", "-m", "raycifar.bench", *argv]),

@@ -43,6 +43,31 @@ def test_ratios_are_of_medians_and_leave_out_missing_figures():
     assert "ray2_over_ray1" not in r and "gpu_augment_over_plain" not in r
 
 
+def test_loader_is_judged_against_the_model_unfed_where_that_was_measured():
+    # medians of the H200 run in results/gpu-h200: the plain loop waits for its loader, so it
+    # only shows the loader's speed; the augment=gpu loop shows what the model could take
+    figs = bench.summarise({"plain": [6612.9], "plain_gpu_augment": [71523.1],
+                            "loader_worker": [4968.4]})
+    rat = bench.ratios(figs, loader_workers=2)
+    assert rat["loader_workers_over_plain"]["value"] > 1          # the circular verdict
+    assert rat["loader_workers_over_unfed"]["value"] == pytest.approx(2 * 4968.4 / 71523.1)
+    keeps_up, note = bench.loader_verdict(figs, rat, 2)
+    assert keeps_up is False
+    assert "IS the bottleneck" in note and "about 15 workers" in note  # ceil(71523.1 / 4968.4)
+
+    cpu = bench.summarise({"plain": [40.2], "plain_gpu_augment": [44.7],
+                           "loader_worker": [2273.7]})                # BENCHMARKS.md, CPU
+    keeps_up, note = bench.loader_verdict(cpu, bench.ratios(cpu, 2), 2)
+    assert keeps_up is True and "not the bottleneck" in note
+
+
+def test_loader_verdict_falls_back_to_the_plain_loop_or_says_nothing():
+    figs = bench.summarise({"plain": [20.0], "loader_worker": [5.0]})
+    keeps_up, note = bench.loader_verdict(figs, bench.ratios(figs, 2), 2)
+    assert keeps_up is False and "less than the plain loop consumes" in note
+    assert bench.loader_verdict(bench.summarise({"plain": [20.0]}), {}, 2) == (None, None)
+
+
 def test_markdown_holds_the_machine_the_command_every_figure_and_ratio():
     values = {"ray": [9.0, 11.0, 10.0], "ray_2workers": [12.0, 13.0, 14.0],
               "plain": [20.0, 21.0, 22.0], "plain_gpu_augment": [30.0, 31.0, 32.0],
