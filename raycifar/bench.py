@@ -9,9 +9,10 @@ ray, ray_2workers  raycifar's worker loop under Ray Train, 1 / 2 workers (global
     read-back, excludes evaluation, checkpoints and Ray's reporting between epochs.
 plain, plain_gpu_augment  a hand-written PyTorch loop in this process (no engine, no Ray), fed
     by the albumentations DataLoader (--augment, --loader-workers) or by DeviceBatches.
-plain_compile, plain_contiguous, plain_bf16  `plain` with one option turned: the model under
-    torch.compile (inductor), the NCHW layout instead of channels_last, bf16 autocast. Each is
-    skipped where `plain` already runs that way; plain_bf16 runs only when named in --only (on
+plain_compile, plain_contiguous, plain_bf16  `plain` with one option turned (on a GPU the
+    augment=gpu loop instead: the albumentations loop waits for its loader there, which would
+    hide the option's effect): the model under torch.compile (inductor), the NCHW layout instead
+    of channels_last, bf16 autocast. Each is skipped where `plain` already runs that way; plain_bf16 runs only when named in --only (on
     a CPU without native bf16 it is ~20x slower). compile_extra: how much longer the compiled
     loop's first (compiling) epoch took than its warm one.
 loader_worker  images/s ONE DataLoader worker delivers through the albumentations transform with
@@ -253,20 +254,35 @@ def plan(cfg: TrainConfig, arrays: CifarArrays, use_gpu: bool, cluster: dict,
     if "plain" in wanted:
         steps.append(plain(cfg, "plain"))
     device = _device(cfg)
+    base_key = options_on(cfg)
+    if base_key != "plain" and wanted & (set(TURNED) - {"plain_gpu_augment"}):
+        notes.append("on the GPU the option variants turn the augment=gpu loop (which waits for "
+                     "no loader) and their ratios are to it: the albumentations loop waits for "
+                     "its loader there, which would hide what an option does to the model")
     for key, (setting, value, what) in TURNED.items():
         if key not in wanted:
             continue
-        now = getattr(cfg, setting)
+        base = cfg.replace(augment="gpu") if base_key != "plain" and setting != "augment" \
+            else cfg
+        now = getattr(base, setting)
         if setting == "precision":
             now = resolve_precision(now, device)
         if now == value:
             notes.append(f"plain loop {what} skipped: `plain` already runs with it")
         else:
-            steps.append(plain(cfg.replace(**{setting: value}), key,
+            steps.append(plain(base.replace(**{setting: value}), key,
                                "compile_extra" if setting == "compile" else None))
     if "loader_worker" in wanted:
         steps.append(lambda: {"loader_worker": loader_images_per_second(cfg, arrays)})
     return steps, notes
+
+
+def options_on(cfg: TrainConfig) -> str:
+    """The loop whose one setting the option variants (compile, contiguous, bf16) turn: `plain`,
+    or on a GPU, where the albumentations loop waits for its loader, the augment=gpu loop."""
+    if _device(cfg).type == "cuda" and cfg.augment != "gpu":
+        return "plain_gpu_augment"
+    return "plain"
 
 
 def run_repeats(steps: list[Measure], repeats: int, started: float) -> dict[str, list[float]]:
@@ -289,17 +305,21 @@ def summarise(values: dict[str, list[float]]) -> dict[str, dict]:
                 "median": statistics.median(values[k])} for k in FIGURES if values.get(k)}
 
 
-def ratios(figures: dict[str, dict], loader_workers: int) -> dict[str, dict]:
-    """Ratios of medians; those whose figures are missing are left out."""
+def ratios(figures: dict[str, dict], loader_workers: int,
+           options_base: str = "plain") -> dict[str, dict]:
+    """Ratios of medians; those whose figures are missing are left out. The option variants
+    are set against `options_base`, the loop they turned (see `options_on`)."""
     med = {k: f["median"] for k, f in figures.items()}
+    on = "plain" if options_base == "plain" else "plain augment=gpu"
     spec = [("ray_over_plain", "Ray 1 worker / plain loop", "ray", "plain", 1),
             ("ray2_over_ray1", "Ray 2 workers / Ray 1 worker", "ray_2workers", "ray", 1),
             ("gpu_augment_over_plain", "plain augment=gpu / plain", "plain_gpu_augment",
              "plain", 1),
-            ("compile_over_plain", "plain torch.compile / plain", "plain_compile", "plain", 1),
-            ("contiguous_over_plain", "plain contiguous / plain", "plain_contiguous", "plain",
-             1),
-            ("bf16_over_plain", "plain bf16 / plain", "plain_bf16", "plain", 1),
+            ("compile_over_plain", f"{on} torch.compile / {on}", "plain_compile",
+             options_base, 1),
+            ("contiguous_over_plain", f"{on} contiguous / {on}", "plain_contiguous",
+             options_base, 1),
+            ("bf16_over_plain", f"{on} bf16 / {on}", "plain_bf16", options_base, 1),
             ("loader_worker_over_plain", "one loader worker / plain loop's step rate",
              "loader_worker", "plain", 1),
             ("loader_workers_over_plain", f"{loader_workers} loader workers / plain loop's step "
@@ -410,7 +430,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     values.update({k: [v] for k, v in host_peak_rss().items()})
     figures = summarise(values)
     loaders = cfg.loader_workers or TrainConfig.loader_workers
-    rat = ratios(figures, loaders)
+    rat = ratios(figures, loaders, options_on(cfg))
     keeps_up, note = loader_verdict(figures, rat, loaders)
     if note:
         notes.append(note)
@@ -418,6 +438,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     result = {"machine": machine_info(precision), "repeats": args.repeats,
               "command": shlex.join(["python", "-m", "raycifar.bench", *argv]),
               "figures": figures, "ratios": rat, "loader_keeps_up": keeps_up, "notes": notes,
+              "options_on": options_on(cfg),
               # the fields of the first version of this file (results/bench-cpu.json)
               **({"plain": values["plain"], "ray": values["ray"],
                   "plain_median": figures["plain"]["median"],

@@ -139,6 +139,40 @@ def test_plan_skips_a_variant_that_is_already_the_plain_one():
     assert len(steps) == 1 and "plain loop bf16 skipped: `plain` already runs with it" in notes
 
 
+def test_on_a_gpu_the_options_turn_the_loop_that_waits_for_no_loader(monkeypatch):
+    ran = []
+    monkeypatch.setattr(bench, "plain_loop", lambda c, arrays: ran.append(c) or (1.0, 0.0, None))
+    only = {"plain", "plain_gpu_augment", "plain_compile", "plain_contiguous"}
+    steps, notes = bench.plan(_cfg(), None, use_gpu=False, cluster={"CPU": 2}, only=only)
+    for measure in steps:
+        measure()
+    assert [(c.augment, c.compile, c.channels_last) for c in ran] == [
+        ("albumentations", False, True), ("gpu", False, True),
+        ("albumentations", True, True), ("albumentations", False, False)]
+    assert bench.options_on(_cfg()) == "plain"
+
+    ran.clear()
+    monkeypatch.setattr(bench, "_device", lambda cfg: torch.device("cuda"))
+    steps, notes = bench.plan(_cfg(), None, use_gpu=True, cluster={"CPU": 16, "GPU": 1},
+                              only=only)
+    for measure in steps:
+        measure()
+    assert [(c.augment, c.compile, c.channels_last) for c in ran] == [
+        ("albumentations", False, True), ("gpu", False, True),
+        ("gpu", True, True), ("gpu", False, False)]
+    assert bench.options_on(_cfg()) == "plain_gpu_augment"
+    assert any("option variants turn the augment=gpu loop" in n for n in notes)
+
+    figs = bench.summarise({"plain": [6.0], "plain_gpu_augment": [70.0],
+                            "plain_compile": [84.0], "plain_contiguous": [56.0]})
+    r = bench.ratios(figs, 2, options_base="plain_gpu_augment")
+    assert r["compile_over_plain"]["value"] == pytest.approx(1.2)
+    assert r["contiguous_over_plain"]["value"] == pytest.approx(0.8)
+    assert r["compile_over_plain"]["label"] == \
+        "plain augment=gpu torch.compile / plain augment=gpu"
+    assert r["gpu_augment_over_plain"]["value"] == pytest.approx(70 / 6)
+
+
 def test_plan_measures_only_the_variants_asked_for():
     steps, notes = bench.plan(_cfg(), None, use_gpu=False, cluster={"CPU": 2},
                               only={"plain", "plain_compile"})
