@@ -11,9 +11,10 @@ plain, plain_gpu_augment  a hand-written PyTorch loop in this process (no engine
     by the albumentations DataLoader (--augment, --loader-workers) or by DeviceBatches.
 plain_compile, plain_contiguous, plain_bf16  `plain` with one option turned (on a GPU the
     augment=gpu loop instead: the albumentations loop waits for its loader there, which would
-    hide the option's effect): the model under torch.compile (inductor), the NCHW layout instead
-    of channels_last, bf16 autocast. Each is skipped where `plain` already runs that way; plain_bf16 runs only when named in --only (on
-    a CPU without native bf16 it is ~20x slower). compile_extra: how much longer the compiled
+    hide the option's effect): the model under torch.compile (inductor), the NCHW layout
+    instead of channels_last, bf16 autocast. Each is skipped where `plain` already runs that
+    way; plain_bf16 runs only when named in --only (on a CPU without native bf16 it is ~20x
+    slower). compile_extra: how much longer the compiled
     loop's first (compiling) epoch took than its warm one.
 loader_worker  images/s ONE DataLoader worker delivers through the albumentations transform with
     no model (collation included, worker start excluded), set against `plain`'s rate and, the
@@ -332,26 +333,28 @@ def ratios(figures: dict[str, dict], loader_workers: int,
             for key, label, a, b, n in spec if a in med and med.get(b)}
 
 
-def loader_verdict(figures: dict[str, dict], rat: dict[str, dict],
-                   loaders: int) -> tuple[Optional[bool], Optional[str]]:
+def loader_verdict(figures: dict[str, dict], loaders: int, unfed: str = "plain_gpu_augment"
+                   ) -> tuple[Optional[bool], Optional[str]]:
     """Whether `loaders` albumentations workers keep the model fed, and a note saying so.
 
-    The augment=gpu loop's rate is the fairer yardstick: it is the model's step rate with no
-    loader to wait for, while the plain loop's rate already includes waiting for its loader (on
-    a fast GPU it is the loader's rate, and comparing the loader with it proves nothing)."""
-    if "loader_workers_over_unfed" in rat:
-        ratio = rat["loader_workers_over_unfed"]["value"]
-        need = math.ceil(figures["plain_gpu_augment"]["median"]
-                         / figures["loader_worker"]["median"])
-        keeps_up = ratio > 1
+    The yardstick is `unfed`, the loop fed by DeviceBatches (`plain` itself under --augment
+    gpu): the model's step rate with no loader to wait for. The albumentations-fed plain loop's
+    rate already includes waiting for its loader (on a fast GPU it is the loader's rate, and
+    comparing the loader with it proves nothing); it is the fallback."""
+    med = {k: f["median"] for k, f in figures.items()}
+    one = med.get("loader_worker")
+    if not one:
+        return None, None
+    if med.get(unfed):
+        keeps_up = loaders * one > med[unfed]
         return keeps_up, (
-            f"{loaders} albumentations loader workers deliver {ratio:.2f}x what the model "
-            f"consumes when no loader holds it back (the augment=gpu loop's rate): "
+            f"{loaders} albumentations loader workers deliver {loaders * one / med[unfed]:.2f}x "
+            "what the model consumes when no loader holds it back (the augment=gpu loop's rate): "
             + ("the loader is not the bottleneck" if keeps_up else
-               f"the loader IS the bottleneck; about {need} workers, or --augment gpu, would "
-               "keep the model fed"))
-    if "loader_workers_over_plain" in rat:
-        keeps_up = rat["loader_workers_over_plain"]["value"] > 1
+               f"the loader IS the bottleneck; about {math.ceil(med[unfed] / one)} workers, or "
+               "--augment gpu, would keep the model fed"))
+    if med.get("plain"):
+        keeps_up = loaders * one > med["plain"]
         return keeps_up, (
             f"{loaders} albumentations loader workers deliver {'more' if keeps_up else 'less'} "
             "than the plain loop consumes (whose rate includes its own loading; measure "
@@ -431,7 +434,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     figures = summarise(values)
     loaders = cfg.loader_workers or TrainConfig.loader_workers
     rat = ratios(figures, loaders, options_on(cfg))
-    keeps_up, note = loader_verdict(figures, rat, loaders)
+    keeps_up, note = loader_verdict(figures, loaders,
+                                    "plain" if cfg.augment == "gpu" else "plain_gpu_augment")
     if note:
         notes.append(note)
     precision = resolve_precision(cfg.precision, _device(cfg))

@@ -51,21 +51,24 @@ def test_loader_is_judged_against_the_model_unfed_where_that_was_measured():
     rat = bench.ratios(figs, loader_workers=2)
     assert rat["loader_workers_over_plain"]["value"] > 1          # the circular verdict
     assert rat["loader_workers_over_unfed"]["value"] == pytest.approx(2 * 4968.4 / 71523.1)
-    keeps_up, note = bench.loader_verdict(figs, rat, 2)
+    keeps_up, note = bench.loader_verdict(figs, 2)
     assert keeps_up is False
     assert "IS the bottleneck" in note and "about 15 workers" in note  # ceil(71523.1 / 4968.4)
 
     cpu = bench.summarise({"plain": [40.2], "plain_gpu_augment": [44.7],
                            "loader_worker": [2273.7]})                # BENCHMARKS.md, CPU
-    keeps_up, note = bench.loader_verdict(cpu, bench.ratios(cpu, 2), 2)
+    keeps_up, note = bench.loader_verdict(cpu, 2)
     assert keeps_up is True and "not the bottleneck" in note
 
 
 def test_loader_verdict_falls_back_to_the_plain_loop_or_says_nothing():
     figs = bench.summarise({"plain": [20.0], "loader_worker": [5.0]})
-    keeps_up, note = bench.loader_verdict(figs, bench.ratios(figs, 2), 2)
+    keeps_up, note = bench.loader_verdict(figs, 2)
     assert keeps_up is False and "less than the plain loop consumes" in note
-    assert bench.loader_verdict(bench.summarise({"plain": [20.0]}), {}, 2) == (None, None)
+    # under --augment gpu the plain loop is the one that waits for no loader
+    keeps_up, note = bench.loader_verdict(figs, 2, unfed="plain")
+    assert keeps_up is False and "about 4 workers" in note
+    assert bench.loader_verdict(bench.summarise({"plain": [20.0]}), 2) == (None, None)
 
 
 def test_markdown_holds_the_machine_the_command_every_figure_and_ratio():
