@@ -145,24 +145,25 @@ def test_plan_skips_a_variant_that_is_already_the_plain_one():
 def test_on_a_gpu_the_options_turn_the_loop_that_waits_for_no_loader(monkeypatch):
     ran = []
     monkeypatch.setattr(bench, "plain_loop", lambda c, arrays: ran.append(c) or (1.0, 0.0, None))
-    only = {"plain", "plain_gpu_augment", "plain_compile", "plain_contiguous"}
-    steps, notes = bench.plan(_cfg(), None, use_gpu=False, cluster={"CPU": 2}, only=only)
-    for measure in steps:
-        measure()
-    assert [(c.augment, c.compile, c.channels_last) for c in ran] == [
-        ("albumentations", False, True), ("gpu", False, True),
-        ("albumentations", True, True), ("albumentations", False, False)]
+
+    def turned(**plan_args):  # (augment, compile, channels_last) of each plain loop measured
+        ran.clear()
+        steps, notes = bench.plan(_cfg(), None, only={"plain", "plain_gpu_augment",
+                                                      "plain_compile", "plain_contiguous"},
+                                  **plan_args)
+        for measure in steps:
+            measure()
+        return [(c.augment, c.compile, c.channels_last) for c in ran], notes
+
+    loops, _ = turned(use_gpu=False, cluster={"CPU": 2})
+    assert loops == [("albumentations", False, True), ("gpu", False, True),
+                     ("albumentations", True, True), ("albumentations", False, False)]
     assert bench.options_on(_cfg()) == "plain"
 
-    ran.clear()
     monkeypatch.setattr(bench, "_device", lambda cfg: torch.device("cuda"))
-    steps, notes = bench.plan(_cfg(), None, use_gpu=True, cluster={"CPU": 16, "GPU": 1},
-                              only=only)
-    for measure in steps:
-        measure()
-    assert [(c.augment, c.compile, c.channels_last) for c in ran] == [
-        ("albumentations", False, True), ("gpu", False, True),
-        ("gpu", True, True), ("gpu", False, False)]
+    loops, notes = turned(use_gpu=True, cluster={"CPU": 16, "GPU": 1})
+    assert loops == [("albumentations", False, True), ("gpu", False, True),
+                     ("gpu", True, True), ("gpu", False, False)]
     assert bench.options_on(_cfg()) == "plain_gpu_augment"
     assert any("option variants turn the augment=gpu loop" in n for n in notes)
 
