@@ -20,8 +20,8 @@ from typing import Optional
 
 import numpy as np
 
-from .report import METRICS, _optional, _table
-from .runs import RunFolder, RunFolderError
+from .report import METRICS, existing_run, read_columns, read_optional
+from .runs import RunFolderError
 
 
 @dataclass
@@ -44,11 +44,9 @@ class Run:
 
 
 def load(uri: str) -> Run:
-    run = RunFolder(uri)
-    if not run.exists():
-        raise RunFolderError(f"{uri} does not exist; pass a run folder (<storage_path>/<name>)")
-    metrics = _table(run, "metrics.csv", METRICS)
-    summary = _optional(run, "summary.json", lambda: run.read_json("summary.json"))
+    run = existing_run(uri)
+    metrics = read_columns(run, "metrics.csv", METRICS)
+    summary = read_optional(run, "summary.json", lambda: run.read_json("summary.json"))
     labels = preds = None
     if run.exists("predictions.npz"):
         z = run.read_npz("predictions.npz")

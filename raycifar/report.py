@@ -42,7 +42,7 @@ class RunData:
     finder: Optional[tuple[dict[str, np.ndarray], dict[str, Any]]]
 
 
-def _table(run: RunFolder, name: str, columns: list[str]) -> dict[str, np.ndarray]:
+def read_columns(run: RunFolder, name: str, columns: list[str]) -> dict[str, np.ndarray]:
     """A CSV as float columns; any defect is one RunFolderError naming the file."""
     try:
         rows = run.read_csv(name, required=columns)
@@ -52,34 +52,40 @@ def _table(run: RunFolder, name: str, columns: list[str]) -> dict[str, np.ndarra
         raise RunFolderError(f"{run.uri}/{name} is malformed: {e}") from e
 
 
-def _optional(run: RunFolder, name: str, read: Callable[[], Any]) -> Any:
+def read_optional(run: RunFolder, name: str, read: Callable[[], Any]) -> Any:
+    """`read()` if the run folder holds `name`, else None."""
     return read() if run.exists(name) else None  # a run stopped early has no summary yet
+
+
+def existing_run(uri: str) -> RunFolder:
+    """The run folder at `uri`; a RunFolderError saying what to pass where there is none."""
+    run = RunFolder(uri)
+    if not run.exists():
+        raise RunFolderError(f"{uri} does not exist; pass a run folder (<storage_path>/<name>)")
+    return run
 
 
 def load_run(uri: str) -> RunData:
     """Read a run folder; metrics.csv and config.json are required, the rest optional."""
-    run = RunFolder(uri)
-    if not run.exists():
-        raise RunFolderError(f"{uri} does not exist; pass a run folder (<storage_path>/<name>)")
-    metrics = _table(run, "metrics.csv", METRICS)
+    run = existing_run(uri)
+    metrics = read_columns(run, "metrics.csv", METRICS)
     config = run.read_json("config.json")
     if not (isinstance(config, dict) and isinstance(config.get("config"), dict)
             and "steps_per_epoch" in config):
         raise RunFolderError(f"{uri}/config.json is malformed: needs a 'config' object and "
                              "'steps_per_epoch'")
-    predictions = _optional(run, "predictions.npz", lambda: run.read_npz("predictions.npz"))
+    predictions = read_optional(run, "predictions.npz", lambda: run.read_npz("predictions.npz"))
     missing = [k for k in PREDICTIONS if predictions is not None and k not in predictions]
     if missing:
         raise RunFolderError(f"{uri}/predictions.npz is malformed: missing arrays {missing}")
     finder = None
     if run.exists("lr_finder.csv") and run.exists("lr_finder.json"):
-        finder = (_table(run, "lr_finder.csv", FINDER), run.read_json("lr_finder.json"))
+        finder = (read_columns(run, "lr_finder.csv", FINDER), run.read_json("lr_finder.json"))
         if not {"lr_max", "lr_min"} <= set(finder[1]):
             raise RunFolderError(f"{uri}/lr_finder.json is malformed: needs lr_max and lr_min")
-    return RunData(uri, config, metrics,
-                   _optional(run, "lr_steps.csv", lambda: _table(run, "lr_steps.csv", STEPS)),
-                   _optional(run, "summary.json", lambda: run.read_json("summary.json")),
-                   predictions, finder)
+    steps = read_optional(run, "lr_steps.csv", lambda: read_columns(run, "lr_steps.csv", STEPS))
+    summary = read_optional(run, "summary.json", lambda: run.read_json("summary.json"))
+    return RunData(uri, config, metrics, steps, summary, predictions, finder)
 
 
 # ----------------------------------------------------------------------------- data
