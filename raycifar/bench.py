@@ -229,19 +229,11 @@ def plan(cfg: TrainConfig, arrays: CifarArrays, use_gpu: bool, cluster: dict,
     if "ray" in wanted:
         notes.insert(0, f"Ray 1 worker: {cfg.cpus_per_worker} CPU(s){gpu}")
         steps.append(lambda: ray_run(cfg, "ray", use_gpu))
-    gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
-    if "ray_2workers" not in wanted:
-        pass
-    elif use_gpu and gpus < 2:
-        notes.append(f"Ray 2 workers skipped: {gpus} GPU(s) in the cluster, 2 workers need 2")
-    elif cfg.batch_size % 2:
-        notes.append(f"Ray 2 workers skipped: batch {cfg.batch_size} does not split in two")
-    else:
-        two = cfg.replace(num_workers=2,
-                          cpus_per_worker=cfg.cpus_per_worker if use_gpu else max(1, cpus // 2))
-        notes.append(f"Ray 2 workers: {two.cpus_per_worker} CPU(s){gpu} and batch "
-                     f"{cfg.batch_size // 2} each")
-        steps.append(lambda: ray_run(two, "ray_2workers", use_gpu))
+    if "ray_2workers" in wanted:
+        two, note = two_workers(cfg, use_gpu, cluster)
+        notes.append(note)
+        if two is not None:
+            steps.append(lambda: ray_run(two, "ray_2workers", use_gpu))
 
     def plain(c: TrainConfig, key: str, extra: Optional[str] = None) -> Measure:
         def measure() -> dict:
@@ -276,6 +268,22 @@ def plan(cfg: TrainConfig, arrays: CifarArrays, use_gpu: bool, cluster: dict,
     if "loader_worker" in wanted:
         steps.append(lambda: {"loader_worker": loader_images_per_second(cfg, arrays)})
     return steps, notes
+
+
+def two_workers(cfg: TrainConfig, use_gpu: bool,
+                cluster: dict) -> tuple[Optional[TrainConfig], str]:
+    """The 2-worker variant's config (global batch split; on CPU the cluster's CPUs split too)
+    and a note on how it runs, or None and why it cannot."""
+    gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
+    if use_gpu and gpus < 2:
+        return None, f"Ray 2 workers skipped: {gpus} GPU(s) in the cluster, 2 workers need 2"
+    if cfg.batch_size % 2:
+        return None, f"Ray 2 workers skipped: batch {cfg.batch_size} does not split in two"
+    two = cfg.replace(num_workers=2,
+                      cpus_per_worker=cfg.cpus_per_worker if use_gpu else max(1, cpus // 2))
+    gpu = " + 1 GPU" if use_gpu else ""
+    return two, (f"Ray 2 workers: {two.cpus_per_worker} CPU(s){gpu} and batch "
+                 f"{cfg.batch_size // 2} each")
 
 
 def options_on(cfg: TrainConfig) -> str:
