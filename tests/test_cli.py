@@ -9,7 +9,7 @@ import time
 import pytest
 
 from raycifar.config import TrainConfig
-from raycifar.train import build_parser
+from raycifar.train import build_parser, loader_hint
 
 from conftest import write_folder
 
@@ -79,6 +79,15 @@ def test_a_search_of_typed_in_lrs_is_refused_before_anything_runs(tmp_path):
                                       "0.2", "--lr-search"])
     with pytest.raises(ConfigError, match="--lr-search refines LRs it finds"):
         main(args)
+
+
+def test_a_gpu_run_through_albumentations_is_told_its_loader_sets_the_pace():
+    cfg = TrainConfig()
+    hint = loader_hint(cfg, use_gpu=True)
+    assert hint.startswith("2 albumentations loader worker(s)") and "--augment gpu" in hint
+    assert loader_hint(cfg, use_gpu=False) is None
+    assert loader_hint(cfg.replace(augment="gpu"), use_gpu=True) is None
+    assert loader_hint(cfg.replace(loader_workers=16), use_gpu=True) is None
 
 
 def test_unknown_flags_are_rejected():
