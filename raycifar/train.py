@@ -423,9 +423,11 @@ def loader_hint(cfg: TrainConfig, use_gpu: bool) -> Optional[str]:
     workers (results/gpu-h200: ~5,000 images/s per worker against ~70,000 the model takes)."""
     if not use_gpu or cfg.augment != "albumentations" or cfg.loader_workers >= 16:
         return None
-    return (f"{cfg.loader_workers} albumentations loader worker(s) per GPU will hold it back "
-            "(on an H200: ~5,000 images/s each, against ~70,000 the model trains); "
-            "--augment gpu augments on the GPU instead, or raise --loader-workers")
+    loader = (f"{cfg.loader_workers} albumentations loader worker(s) per GPU"
+              if cfg.loader_workers else "albumentations in the training process")
+    return (f"{loader} will hold the GPU back (on an H200: ~5,000 images/s per loader worker, "
+            "against ~70,000 the model trains); --augment gpu augments on the GPU instead, or "
+            "raise --loader-workers")
 
 
 def lr_mode(args) -> str:

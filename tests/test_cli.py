@@ -88,6 +88,8 @@ def test_a_gpu_run_through_albumentations_is_told_its_loader_sets_the_pace():
     assert loader_hint(cfg, use_gpu=False) is None
     assert loader_hint(cfg.replace(augment="gpu"), use_gpu=True) is None
     assert loader_hint(cfg.replace(loader_workers=16), use_gpu=True) is None
+    assert loader_hint(cfg.replace(loader_workers=0), use_gpu=True).startswith(
+        "albumentations in the training process will hold the GPU back")
 
 
 def test_unknown_flags_are_rejected():
