@@ -13,7 +13,9 @@ python -m raycifar.train --data-dir /tmp/cifar10-dev --storage-path /work/runs \
 # Attempt 1 (sessions 6-8) read the LRs from /work/runs/dev-full and got through epoch 20 in
 # three pieces (--stop-after-epoch 4, 12, 20); its run folder was lost with the machine before
 # session 9. Attempt 2 started from scratch in session 9 (2026-11-29 19:23) with this command
-# and ran epochs 1-8 (stopped with Ctrl-C at 21:54, in epoch 9); the next piece is this command again.
+# and ran epochs 1-8 (stopped with Ctrl-C at 21:54, in epoch 9). Session 10 resumed it at 22:25
+# and ran epochs 9-14 (stopped with Ctrl-C at 00:54, in epoch 15); the next piece is this
+# command again.
 #
 # After the last piece (epoch 24), from the repository root: the run's small files (its
 # predictions.npz too, ~1-2 MB, for a paired comparison later), the report, and the comparison
