@@ -14,8 +14,8 @@ plain_compile, plain_contiguous, plain_bf16  `plain` with one option turned (on 
     hide the option's effect): the model under torch.compile (inductor), the NCHW layout
     instead of channels_last, bf16 autocast. Each is skipped where `plain` already runs that
     way; plain_bf16 runs only when named in --only (on a CPU without native bf16 it is ~20x
-    slower). compile_extra: how much longer the compiled
-    loop's first (compiling) epoch took than its warm one.
+    slower). compile_extra: how much longer the compiled loop's first (compiling) epoch took
+    than its warm one.
 loader_worker  images/s ONE DataLoader worker delivers through the albumentations transform with
     no model (collation included, worker start excluded), set against `plain`'s rate and, the
     fairer yardstick, against `plain_gpu_augment`'s (the model's rate with no loader to wait for;
@@ -247,16 +247,16 @@ def plan(cfg: TrainConfig, arrays: CifarArrays, use_gpu: bool, cluster: dict,
     if "plain" in wanted:
         steps.append(plain(cfg, "plain"))
     device = _device(cfg)
-    base_key = options_on(cfg)
-    if base_key != "plain" and wanted & (set(TURNED) - {"plain_gpu_augment"}):
+    on_unfed = options_on(cfg) != "plain"
+    options_base = cfg.replace(augment="gpu") if on_unfed else cfg
+    if on_unfed and wanted & (set(TURNED) - {"plain_gpu_augment"}):
         notes.append("on the GPU the option variants turn the augment=gpu loop (which waits for "
                      "no loader) and their ratios are to it: the albumentations loop waits for "
                      "its loader there, which would hide what an option does to the model")
     for key, (setting, value, what) in TURNED.items():
         if key not in wanted:
             continue
-        base = cfg.replace(augment="gpu") if base_key != "plain" and setting != "augment" \
-            else cfg
+        base = cfg if setting == "augment" else options_base
         now = getattr(base, setting)
         if setting == "precision":
             now = resolve_precision(now, device)
@@ -332,8 +332,7 @@ def ratios(figures: dict[str, dict], loader_workers: int,
             ("loader_worker_over_plain", "one loader worker / plain loop's step rate",
              "loader_worker", "plain", 1),
             ("loader_workers_over_plain", f"{loader_workers} loader workers / plain loop's step "
-             "rate (> 1: they deliver more than the model consumes)", "loader_worker", "plain",
-             loader_workers),
+             "rate", "loader_worker", "plain", loader_workers),
             ("loader_workers_over_unfed", f"{loader_workers} loader workers / augment=gpu loop's "
              "step rate (< 1: the loader holds the model back)", "loader_worker",
              "plain_gpu_augment", loader_workers)]
@@ -441,7 +440,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     values.update({k: [v] for k, v in host_peak_rss().items()})
     figures = summarise(values)
     loaders = cfg.loader_workers or TrainConfig.loader_workers
-    rat = ratios(figures, loaders, options_on(cfg))
+    on = options_on(cfg)
+    rat = ratios(figures, loaders, on)
     keeps_up, note = loader_verdict(figures, loaders,
                                     "plain" if cfg.augment == "gpu" else "plain_gpu_augment")
     if note:
@@ -450,7 +450,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     result = {"machine": machine_info(precision), "repeats": args.repeats,
               "command": shlex.join(["python", "-m", "raycifar.bench", *argv]),
               "figures": figures, "ratios": rat, "loader_keeps_up": keeps_up, "notes": notes,
-              "options_on": options_on(cfg),
+              "options_on": on,
               # the fields of the first version of this file (results/bench-cpu.json)
               **({"plain": values["plain"], "ray": values["ray"],
                   "plain_median": figures["plain"]["median"],

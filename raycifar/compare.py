@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Optional
 
 import numpy as np
@@ -34,7 +35,7 @@ class Run:
     preds: Optional[np.ndarray] = None
     finished: bool = False
 
-    @property
+    @cached_property
     def epochs(self) -> list[int]:
         return self.metrics["epoch"].astype(int).tolist()
 

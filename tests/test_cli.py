@@ -9,7 +9,7 @@ import time
 import pytest
 
 from raycifar.config import TrainConfig
-from raycifar.train import build_parser, loader_hint
+from raycifar.train import GPU_FEEDING_LOADERS, build_parser, loader_hint
 
 from conftest import write_folder
 
@@ -87,7 +87,8 @@ def test_a_gpu_run_through_albumentations_is_told_its_loader_sets_the_pace():
     assert hint.startswith("2 albumentations loader worker(s)") and "--augment gpu" in hint
     assert loader_hint(cfg, use_gpu=False) is None
     assert loader_hint(cfg.replace(augment="gpu"), use_gpu=True) is None
-    assert loader_hint(cfg.replace(loader_workers=16), use_gpu=True) is None
+    assert loader_hint(cfg.replace(loader_workers=GPU_FEEDING_LOADERS), use_gpu=True) is None
+    assert loader_hint(cfg.replace(loader_workers=GPU_FEEDING_LOADERS - 1), use_gpu=True)
     assert loader_hint(cfg.replace(loader_workers=0), use_gpu=True).startswith(
         "albumentations in the training process will hold the GPU back")
 
