@@ -38,8 +38,10 @@ HELP = {
     "weight_decay": "L2 weight decay (on the mean loss)",
     "label_smoothing": "label smoothing of the training cross-entropy",
     "logit_scale": "multiply the logits by this (Page's ResNet-9 uses 0.125)",
-    "precision": "autocast precision; auto = bf16 where the CPU/GPU has native bf16, fp16 on "
-                 "older GPUs, fp32 on other CPUs (fp16 adds loss scaling)",
+    "precision": "autocast precision; auto = bf16 on GPUs that have it, else fp16 (with loss "
+                 "scaling); on CPUs bf16 only where the CPU flags show native bf16 "
+                 "(avx512_bf16, amx_bf16; aarch64 bf16), else fp32 (emulated bf16 is 2.5-20x "
+                 "slower)",
     "channels_last": "NHWC memory layout (faster with bf16 on CPU and on tensor cores)",
     "compile": "torch.compile the model for training and evaluation (inductor; the first "
                "steps wait for the compiler)",

@@ -66,8 +66,10 @@ class TrainConfig:
     label_smoothing: float = 0.2
     logit_scale: float = 0.125            # multiplies the logits (Page's ResNet-9)
     precision: str = "auto"               # auto | fp32 | bf16 | fp16 (autocast); auto = bf16
-                                          # where the hardware has it natively, else fp16 on
-                                          # older GPUs and fp32 on CPUs without bf16 units
+                                          # on GPUs that have it, else fp16; on CPUs bf16 only
+                                          # with avx512_bf16/amx_bf16 (aarch64: bf16) in the
+                                          # CPU flags, else fp32: emulated bf16 is 2.5-20x
+                                          # slower (engine.cpu_auto_precision)
     channels_last: bool = True
     compile: bool = False                 # torch.compile the training model (inductor)
     tta: bool = True                      # test accuracy averages the image and its mirror
