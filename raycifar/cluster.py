@@ -22,7 +22,7 @@ The rule for the run folder (`--storage-path`) on a multi-node cluster:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 from .config import RaycifarError
 
@@ -89,6 +89,45 @@ def check_placement(cfg, nodes: Iterable[Mapping[str, Any]], use_gpu: bool,
         raise RaycifarError(msg)
     print(f"[raycifar] warning: {msg} (waiting for the autoscaler)", flush=True)
     return room
+
+
+def trial_slots(nodes: Iterable[Mapping[str, Any]], workers_per_trial: int,
+                cpus_per_worker: int, use_gpu: bool) -> int:
+    """How many Tune trials, each a Train run of `workers_per_trial` workers, fit at once."""
+    room = placeable_workers(nodes, cpus_per_worker, use_gpu)
+    return room // max(workers_per_trial, 1)
+
+
+def search_concurrency(nodes: Iterable[Mapping[str, Any]], cfg, use_gpu: bool, trials: int,
+                       max_concurrent: Optional[int] = None) -> int:
+    """Trials the search runs at once: `max_concurrent` when given (an autoscaling cluster that
+    adds nodes on demand), else what the alive nodes can place now, at most `trials`.
+
+    A trial holds no CPU or GPU itself; its Train workers do. Running more trials than their
+    workers can be placed would leave Train runs waiting for workers held by sibling trials,
+    so a cluster that cannot place even one is an error here, not a wait forever.
+    """
+    if max_concurrent is not None:
+        return max(1, min(max_concurrent, trials))
+    nodes = list(nodes)
+    slots = trial_slots(nodes, cfg.num_workers, cfg.cpus_per_worker, use_gpu)
+    if slots < 1:
+        shape = f"{cfg.cpus_per_worker} CPU" + (" + 1 GPU" if use_gpu else "")
+        raise RaycifarError(
+            f"the search cannot place one trial: each trains {cfg.num_workers} worker(s) of "
+            f"{shape}, and the cluster's alive nodes have room for "
+            f"{placeable_workers(nodes, cfg.cpus_per_worker, use_gpu)} ({describe(nodes)}); "
+            "lower --num-workers or --cpus-per-worker, or, on an autoscaling cluster that adds "
+            "nodes on demand, pass --max-concurrent N")
+    return min(slots, trials)
+
+
+def describe(nodes: Iterable[Mapping[str, Any]]) -> str:
+    """`2 nodes: 4 CPU, 0 GPU in all` for messages."""
+    alive = [n for n in nodes if n.get("Alive")]
+    cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in alive)
+    gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in alive)
+    return f"{len(alive)} node(s): {cpus:g} CPU, {gpus:g} GPU in all"
 
 
 def user_error(exc: BaseException):

@@ -1,9 +1,10 @@
 """Joining a Ray cluster, or starting a local one that behaves.
 
 `init_ray` is what `raycifar.train`, `raycifar.tune` and `raycifar.bench` call before anything
-touches Ray. A local Ray gets its own GCS port and a driver resource for Tune trials; SIGTERM
-is made to act like Ctrl-C so that `kill`, a scheduler or `ray job stop` end a run with its
-checkpoint kept.
+touches Ray. It joins a cluster the way a bare `ray.init()` would (`--address`, `RAY_ADDRESS`,
+a `ray start` cluster on this node) and starts a local Ray only when there is none; a local
+Ray gets its own GCS port. SIGTERM is made to act like Ctrl-C so that `kill`, a scheduler or
+`ray job stop` end a run with its checkpoint kept.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import socket
 import threading
 from typing import Optional
 
+from .config import RaycifarError
+
 
 def set_ray_env_defaults() -> None:
     """Quieter, single-copy logs and the dashboard's Train tab, unless the user set them."""
@@ -23,13 +26,31 @@ def set_ray_env_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-DRIVER_RESOURCE = "tune_driver"  # what Tune trials hold instead of a CPU (see raycifar.tune)
-DRIVER_SLOTS = 4                  # trial drivers a local cluster can hold at once
+def cluster_to_join(address: Optional[str]) -> Optional[str]:
+    """The cluster a driver joins, by Ray's own convention; None means "start a local Ray".
+
+    In order: `--address`; `RAY_ADDRESS` (set in every `ray job submit` job, and by hosted
+    workspaces); the cluster that `ray start` runs on this node. A Ray that another process
+    started with `ray.init()` is never joined: it goes away with that process.
+    """
+    from .ray_compat import started_cluster_address
+
+    for found in (address, os.environ.get("RAY_ADDRESS"), started_cluster_address()):
+        if found:
+            if found.startswith(("http://", "https://")):
+                raise RaycifarError(
+                    f"{found} is a dashboard address, the one `ray job submit` takes; a "
+                    "training driver joins the cluster's GCS (host:6379, or 'auto' on a node "
+                    "of the cluster): pass --address auto, or submit the command as a job")
+            return found
+    return None
 
 
-def init_ray(address: Optional[str]) -> None:
-    """Join `address`, or start a local Ray that its own workers can find among others.
+def init_ray(address: Optional[str]) -> bool:
+    """Join the cluster `cluster_to_join` finds, or start a local Ray; True unless this call
+    started a local Ray (whose size we know: nothing more will join it).
 
+    Joining passes nothing but the address: whatever the user's cluster has is what we use.
     SIGTERM then behaves like Ctrl-C (see `_sigterm_like_ctrl_c`).
 
     Ray Train's placement-group cleaner finds "its" cluster through RAY_ADDRESS or, without
@@ -40,19 +61,35 @@ def init_ray(address: Optional[str]) -> None:
     import ray  # here, so that `--help` and bad input never wait for Ray to import
 
     set_ray_env_defaults()
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address)
+    if ray.is_initialized():  # someone (a test, a notebook) connected this process already
+        return True
+    target = cluster_to_join(address)
+    if target:
+        try:
+            ray.init(address=target)
+        except ConnectionError as e:
+            raise RaycifarError(
+                f"cannot reach the Ray cluster at {target} ({str(e).splitlines()[0]}); start it "
+                "(`ray start --head`), pass the right --address, or `ray stop` a stale one "
+                "so that a local Ray starts") from e
     else:
         port = free_port()
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by Ray when it starts the head
         try:
-            ray.init(_node_ip_address="127.0.0.1", resources={DRIVER_RESOURCE: DRIVER_SLOTS},
+            ray.init(_node_ip_address="127.0.0.1",
                      runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}})
         finally:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
     _sigterm_like_ctrl_c()
+    return bool(target)
+
+def resolve_use_gpu(use_gpu: Optional[bool]) -> bool:
+    """`--use-gpu`/`--no-use-gpu` as given; unset: whether the joined cluster has GPUs now."""
+    import ray
+
+    if use_gpu is not None:
+        return use_gpu
+    return ray.cluster_resources().get("GPU", 0) > 0
 
 
 def _sigterm_like_ctrl_c() -> None:

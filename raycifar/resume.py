@@ -54,12 +54,22 @@ def _fresh(run: RunFolder) -> str:
     return f"start fresh with another --name, or delete {run.uri}"
 
 
+def read_state(source, device="cpu") -> dict:
+    """A checkpoint's training state with its tensors on `device` (a path or a file object).
+
+    The tensors are mapped onto the reader's own device, whatever device wrote them: a run
+    checkpointed on GPUs resumes on a CPU-only cluster, and each local rank of a multi-GPU
+    node loads onto its own GPU instead of all onto the one that saved it.
+    """
+    return torch.load(source, weights_only=False, map_location=device)
+
+
 def load_state(run: RunFolder, checkpoint_dir: str) -> dict:
     """The training state in a checkpoint folder; CheckpointError if it is not one of ours."""
     where = f"{run.uri}/{checkpoint_dir}/{CHECKPOINT_FILE}"
     try:
         data = run.read_bytes(f"{checkpoint_dir}/{CHECKPOINT_FILE}")
-        state = torch.load(io.BytesIO(data), weights_only=False, map_location="cpu")
+        state = read_state(io.BytesIO(data))
     except Exception as e:  # truncated zip, pickle error, missing file: all mean the same here
         raise CheckpointError(f"cannot read the checkpoint {where} ({type(e).__name__}: "
                               f"{e}); {_fresh(run)}") from e
@@ -78,8 +88,14 @@ def config_changes(saved: dict, cfg: TrainConfig) -> list[str]:
             if k not in MAY_CHANGE and then[k] != now[k]]
 
 
-def check_resumable(cfg: TrainConfig, num_classes: int) -> Optional[int]:
-    """The epoch a re-run of `cfg` resumes after (None: a fresh start), or CheckpointError."""
+def check_resumable(cfg: TrainConfig, num_classes: int,
+                    total_steps: Optional[int] = None) -> Optional[int]:
+    """The epoch a re-run of `cfg` resumes after (None: a fresh start), or CheckpointError.
+
+    `total_steps` is the length of this run's One Cycle. Another worker count is fine as long
+    as it leaves the schedule as it was (the global batch, not the worker count, sets the steps
+    per epoch, up to rounding when the images do not split evenly across workers).
+    """
     from .model import CustomResNet
 
     run = RunFolder(cfg.run_dir)
@@ -92,6 +108,13 @@ def check_resumable(cfg: TrainConfig, num_classes: int) -> Optional[int]:
         raise CheckpointError(f"{cfg.run_dir} was trained with other settings ("
                               f"{'; '.join(changed)}); run it with the same settings to resume, "
                               f"or {_fresh(run)}")
+    then = total_steps if total_steps is None else state["scheduler"]["total_steps"]
+    if then != total_steps:
+        workers = state["config"].get("num_workers")
+        raise CheckpointError(
+            f"{cfg.run_dir} was checkpointed with a One Cycle of {then} steps ({workers} "
+            f"workers) and this run's would have {total_steps} ({cfg.num_workers} workers): "
+            f"resume with --num-workers {workers}, or {_fresh(run)}")
     try:
         CustomResNet(num_classes, cfg.logit_scale).load_state_dict(state["model"])
     except RuntimeError as e:

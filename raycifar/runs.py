@@ -94,3 +94,22 @@ class RunFolder:
     def read_npz(self, name: str) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(self.read_bytes(name)), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+
+
+def check_writable(storage_path: str) -> None:
+    """Write and remove a small file under `storage_path`, so that a folder that cannot be
+    written or a bucket that cannot be reached (no network, no credentials) is one error line
+    on the driver before any worker starts, not a pyarrow traceback from inside Ray."""
+    import uuid
+
+    probe = f".raycifar-write-check-{uuid.uuid4().hex[:8]}"
+    try:
+        folder = RunFolder(storage_path)
+        folder.write_bytes(probe, b"")
+        folder.delete(probe)
+    except Exception as e:  # pyarrow raises OSError, ArrowInvalid (ValueError), ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunFolderError(
+            f"cannot write to --storage-path {storage_path} ({reason}); pass a folder you can "
+            "write to, or a bucket (s3://, gs://) that this machine and every node can reach "
+            "with credentials") from e

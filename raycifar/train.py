@@ -32,13 +32,14 @@ from .batch_augment import DeviceBatches
 from .cli import given
 from .config import ConfigError, TrainConfig
 from .connect import init_ray
-from .data import ArrayDataset, load_arrays
-from .engine import (DivergenceError, evaluate, make_scaler, resolve_precision, train_epoch,
-                     unwrap)
+from .data import (ArrayDataset, TrainingData, batches_per_epoch, check_hold_out,
+                   load_arrays)
+from .engine import (DivergenceError, describe_precision, evaluate, make_scaler,
+                     resolve_precision, train_epoch, unwrap)
 from .faults import ENV as FAULT_ENV
 from .faults import from_spec as fault_from_spec
 from .model import CustomResNet
-from .resume import CHECKPOINT_FILE, DIVERGED_FILE, CheckpointError
+from .resume import CHECKPOINT_FILE, DIVERGED_FILE, CheckpointError, read_state
 from .runs import RunFolder
 from .schedule import OneCycle
 from .transforms import eval_transform, train_transform
@@ -61,7 +62,7 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
+    torch.set_rng_state(s["torch"].cpu())  # a checkpoint read onto a GPU has it there
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
 
@@ -105,6 +106,25 @@ def _seed_loader_worker(worker_id: int) -> None:
         transform.set_random_seed(seed)
 
 
+def albumentations_loader(cfg: TrainConfig, data: TrainingData, rank: int, world: int,
+                          generator: torch.Generator, pin_memory: bool = False):
+    """This rank's training DataLoader: albumentations per image in `cfg.loader_workers`
+    processes, shuffled by `cfg.seed`.
+
+    The sampler is ours: the one Ray's prepare_data_loader would add shuffles with seed 0,
+    whatever --seed says. One worker keeps torch's RandomSampler, driven by `generator`.
+    """
+    dataset = ArrayDataset(data.arrays.x_train, data.arrays.y_train,
+                           train_transform(data.mean, data.std))
+    sampler = (torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank,
+                                                   shuffle=True, seed=cfg.seed)
+               if world > 1 else None)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size // max(world, 1), shuffle=sampler is None,
+        sampler=sampler, num_workers=cfg.loader_workers, worker_init_fn=_seed_loader_worker,
+        generator=generator, pin_memory=pin_memory)
+
+
 def train_loop_per_worker(config: dict) -> dict:
     """The loop every Ray worker runs; returns the run summary (kept from rank 0)."""
     import ray.train
@@ -122,8 +142,13 @@ def train_loop_per_worker(config: dict) -> dict:
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    arrays = load_arrays(cfg)
-    mean, std = arrays.mean_std()
+    data = config["data"]
+    if isinstance(data, ray.ObjectRef):  # the driver's arrays, never --data-dir itself
+        data = ray.get(data)                                            # Ray: object store
+    arrays, mean, std = data.arrays, data.mean, data.std
+    placement = _placement(rank, world, device)
+    if rank == 0:
+        print(f"[raycifar] {describe_precision(cfg.precision, device)}", flush=True)
     # Each rank evaluates its own slice of the test set; sums are all-reduced.
     test_idx = np.arange(rank, len(arrays.y_test), world)
     test_ds = ArrayDataset(arrays.x_test[test_idx], arrays.y_test[test_idx],
@@ -135,12 +160,10 @@ def train_loop_per_worker(config: dict) -> dict:
                                      mean, std, device, cfg.seed, rank, world,
                                      channels_last=cfg.channels_last)
     else:
-        train_ds = ArrayDataset(arrays.x_train, arrays.y_train, train_transform(mean, std))
-        train_loader = torch.utils.data.DataLoader(
-            train_ds, batch_size=cfg.batch_size // max(world, 1), shuffle=True,
-            num_workers=cfg.loader_workers, worker_init_fn=_seed_loader_worker,
-            generator=loader_gen, pin_memory=device.type == "cuda")
-        train_loader = ray.train.torch.prepare_data_loader(train_loader)  # Ray: shard, device
+        train_loader = ray.train.torch.prepare_data_loader(               # Ray: to device
+            albumentations_loader(cfg, data, rank, world, loader_gen, device.type == "cuda"),
+            add_dist_sampler=False)
+        train_ds = train_loader.dataset
     test_loader = torch.utils.data.DataLoader(test_ds, batch_size=512, num_workers=0)
 
     model = CustomResNet(len(arrays.classes), cfg.logit_scale)
@@ -166,7 +189,7 @@ def train_loop_per_worker(config: dict) -> dict:
     checkpoint = ray.train.get_checkpoint()                             # Ray: resume?
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, CHECKPOINT_FILE), weights_only=False)
+            state = read_state(os.path.join(d, CHECKPOINT_FILE), device)
         if state["scheduler"]["total_steps"] != scheduler.total_steps:
             raise CheckpointError(
                 f"{cfg.run_dir}: the checkpoint's schedule has {state['scheduler']['total_steps']}"
@@ -176,7 +199,7 @@ def train_loop_per_worker(config: dict) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        loader_gen.set_state(state["loader_rng"])
+        loader_gen.set_state(state["loader_rng"].cpu())
         _set_rng_state(state["rng"])
         history, steps = state["history"], state["steps"]
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
@@ -189,8 +212,8 @@ def train_loop_per_worker(config: dict) -> dict:
         run.write_json("config.json", {"config": cfg.to_dict(), **config.get("meta", {}),
                                        "steps_per_epoch": len(train_loader), "world_size": world,
                                        "device": str(device), "precision": precision,
-                                       "mean": mean, "std": std,
-                                       "classes": arrays.classes})
+                                       "mean": mean, "std": std, "classes": arrays.classes,
+                                       "workers": placement})
 
     ev = None  # the last epoch's evaluation, reused for the final predictions
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -245,6 +268,28 @@ def train_loop_per_worker(config: dict) -> dict:
                       channels_last=cfg.channels_last, tta=cfg.tta)
     return _finish(cfg, bare, ev, test_idx, arrays, history, train_seconds, clock, world,
                    device, run, precision)
+
+
+def _placement(rank: int, world: int, device: torch.device) -> list[dict]:
+    """Where every rank runs (node id and IP, device), gathered on every rank; rank 0 prints
+    it once and config.json keeps it."""
+    import socket
+
+    import ray
+    import torch.distributed as dist
+
+    mine = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),  # Ray: where
+            "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
+            "device": str(device)}
+    everyone = [mine]
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        everyone = [None] * world
+        dist.all_gather_object(everyone, mine)
+    if rank == 0:
+        where = ", ".join(f"rank {w['rank']} on node {w['node_id'][:8]} ({w['node_ip']}, "
+                          f"{w['device']})" for w in everyone)
+        print(f"[raycifar] workers: {where}", flush=True)
+    return everyone
 
 
 def _record_epoch(run: RunFolder, cfg: TrainConfig, row: dict, history: list[dict],
@@ -322,18 +367,28 @@ def _git_commit() -> Optional[str]:
 
 
 def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
-        callbacks: Optional[list] = None):
-    """Build the TorchTrainer for `cfg` and run it; returns Ray's Result."""
+        callbacks: Optional[list] = None, data=None):
+    """Build the TorchTrainer for `cfg` and run it; returns Ray's Result.
+
+    `data` is the run's `TrainingData`, or an object-store reference to it (a Tune trial
+    passes the one its driver made); without it the data is loaded here, on the driver. The
+    workers get it through Ray's object store: they never read --data-dir.
+    """
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from .cluster import user_error
 
     meta = meta or {"version": __version__, "git_commit": _git_commit()}
+    if data is None:
+        data = TrainingData.of(load_arrays(cfg))
+    if cfg.num_workers > 0 and not isinstance(data, ray.ObjectRef):
+        data = ray.put(data)  # once per run; each node's workers read their node's copy
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": cfg.to_dict(), "meta": meta,
+        train_loop_config={"train": cfg.to_dict(), "meta": meta, "data": data,
                            "fault": os.environ.get(FAULT_ENV)},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
@@ -354,35 +409,42 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
 def main(args) -> int:
     from .cli import config_from_args
     from .cluster import check_placement, check_shared_storage
+    from .connect import resolve_use_gpu
     from .resume import check_resumable, latest_checkpoint
+    from .runs import check_writable
 
     cfg = config_from_args(args)
     if args.lr_search:
-        from .tune import check_search_epochs
-        check_search_epochs(args.search_epochs)
+        from .tune import check_search_args
+        check_search_args(args.search_epochs, args.max_concurrent)
         if lr_mode(args) != "auto" or args.lr_from:
             raise ConfigError(["--lr-search refines LRs it finds: drop --lr-max/--lr-min, "
                                "--lr manual and --lr-from, or add --lr auto"])
     started = time.perf_counter()
-    arrays = load_arrays(cfg)  # validates the data (and fills the decode cache) before Ray starts
+    # Everything that can be checked without workers is checked before Ray starts: the data
+    # (read here, on the driver, and only here), the cycle it allows, the storage path.
+    arrays = load_arrays(cfg)
     print(f"[raycifar] data: {len(arrays.y_train)} train / {len(arrays.y_test)} test images, "
           f"classes {arrays.classes}", flush=True)
+    cycle = check_cycle(cfg, len(arrays.y_train))
+    if args.lr_search:
+        check_hold_out(args.holdout, len(arrays.y_train))
+    check_writable(cfg.storage_path)
+    data = TrainingData.of(arrays)
     use_gpu = bool(cfg.use_gpu)
     if cfg.num_workers > 0:
         import ray
 
-        init_ray(args.address)
-        if cfg.use_gpu is None:
-            use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        room = check_placement(cfg, ray.nodes(), use_gpu, local=args.address is None)
+        joined = init_ray(args.address)
+        use_gpu = resolve_use_gpu(cfg.use_gpu)
+        room = check_placement(cfg, ray.nodes(), use_gpu, local=not joined)
         # an autoscaling cluster that cannot place the workers yet will add nodes for them
         check_shared_storage(cfg.storage_path, ray.nodes(), shared=cfg.shared_storage,
                              expected_nodes=2 if room < cfg.num_workers else 0)
     run = RunFolder(cfg.run_dir)
     run.delete(DIVERGED_FILE)  # a new command may try again (a changed LR fails the check below)
-    cfg, lr_source = choose_lrs(cfg, args, use_gpu, latest_checkpoint(run) is not None,
-                                len(arrays.y_train))
-    after = check_resumable(cfg, len(arrays.classes))
+    cfg, lr_source = choose_lrs(cfg, args, use_gpu, latest_checkpoint(run) is not None, data)
+    after = check_resumable(cfg, len(arrays.classes), cycle.total_steps)
     if after is not None:
         print(f"[raycifar] {cfg.run_dir} has a checkpoint: resuming after epoch {after} of "
               f"{cfg.epochs} (use another --name to start fresh)", flush=True)
@@ -397,7 +459,7 @@ def main(args) -> int:
     try:
         result = fit(cfg, use_gpu, {"version": __version__, "git_commit": _git_commit(),
                                     "command": " ".join(__import__("sys").argv),
-                                    "lr_source": lr_source})
+                                    "lr_source": lr_source}, data=data)
         if result.return_value is None:  # Ray Train aborted the run on Ctrl-C / SIGTERM
             raise KeyboardInterrupt
     except (KeyboardInterrupt, SystemExit) as e:
@@ -416,6 +478,14 @@ def main(args) -> int:
           f"{s['final_test_acc']:.4f} (best {s['best_test_acc']:.4f} at epoch {s['best_epoch']}), "
           f"{s['images_per_second']:.0f} train images/s; run folder {cfg.run_dir}", flush=True)
     return 0
+
+
+def check_cycle(cfg: TrainConfig, train_images: int) -> OneCycle:
+    """The run's One Cycle, built on the driver so that too little data for it is one error
+    line here, not a traceback from every worker."""
+    world = max(cfg.num_workers, 1)
+    return OneCycle(cfg.lr_min, cfg.lr_max, cfg.epochs, cfg.peak_epoch,
+                    batches_per_epoch(train_images, cfg.batch_size, world))
 
 
 GPU_FEEDING_LOADERS = 16  # ~70,000 / ~5,000 images/s on the H200 machine, rounded up
@@ -441,9 +511,9 @@ def lr_mode(args) -> str:
 
 
 def choose_lrs(cfg: TrainConfig, args, use_gpu: bool, resuming: bool,
-               train_images: Optional[int] = None) -> tuple[TrainConfig, dict]:
+               data: Optional[TrainingData] = None) -> tuple[TrainConfig, dict]:
     """LRMAX/LRMIN from the flags, an earlier finding (--lr-from), the run being resumed, or
-    the range test."""
+    the range test (on `data`, the driver's, when given)."""
     from . import tune
 
     mode = lr_mode(args)
@@ -455,21 +525,24 @@ def choose_lrs(cfg: TrainConfig, args, use_gpu: bool, resuming: bool,
                    "source": f"{cfg.run_dir}/config.json, the run being resumed (found by "
                              f"{meta.get('lr_source', {}).get('source', 'its flags')})"}
     elif mode == "auto":
+        data = data or TrainingData.of(load_arrays(cfg))
         settings = tune.range_test_settings(args)
-        finding = tune.matching_finding(cfg, settings, train_images)
+        finding = tune.matching_finding(cfg, settings, len(data.arrays.y_train))
         if finding is not None:  # e.g. `tune lr-find` ran first, or training never started
             print(f"[raycifar] {cfg.run_dir}/lr_finder.json holds a range test with these "
                   "settings on this data: using it instead of running it again", flush=True)
         else:
             if cfg.num_workers == 0:
                 init_ray(args.address)
-            finding = tune.lr_find(cfg, settings, use_gpu=use_gpu)
+            finding = tune.lr_find(cfg, settings, use_gpu=use_gpu, data=data)
         finding["source"] = f"range test ({finding['method']}, {cfg.run_dir}/lr_finder.json)"
         if args.lr_search:
             center = finding["lr_max"]
             finding = tune.search(cfg, center, k=args.search_candidates,
                                   epochs=args.search_epochs, use_gpu=use_gpu,
-                                  lr_min_div=center / finding["lr_min"])
+                                  lr_min_div=center / finding["lr_min"], data=data,
+                                  validation=args.holdout,
+                                  max_concurrent=args.max_concurrent)
             finding["source"] = f"ASHA search ({cfg.run_dir}/best.json)"
     else:
         return cfg, {"source": "flags --lr-max/--lr-min", "lr_max": cfg.lr_max,
@@ -489,8 +562,9 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add_config_arguments(parser)
     parser.add_argument("--address", default=None,
-                        help="join an existing Ray cluster ('auto' or ray://host:port); "
-                             "default: start a local Ray")
+                        help="the Ray cluster to join (host:port, 'auto' or ray://host:port); "
+                             "default: RAY_ADDRESS (set in `ray job submit` jobs), else the "
+                             "cluster `ray start` runs on this node, else a new local Ray")
     lr = parser.add_argument_group("finding LRMAX and LRMIN")
     lr.add_argument("--lr", choices=["auto", "manual"], default=None,
                     help="auto: run the LR range test first and train with the LRMAX/LRMIN "
@@ -501,6 +575,11 @@ def build_parser():
     lr.add_argument("--search-candidates", type=int, default=4,
                     help="LRMAX candidates in the search (log grid x1/4..x4)")
     lr.add_argument("--search-epochs", type=int, default=4, help="epochs per search run")
+    lr.add_argument("--holdout", type=int, default=5000,
+                    help="training images held out to rank the search's candidates")
+    lr.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                    help="search trials at once (default: as many as the cluster can place "
+                         "now; give it on an autoscaling cluster that adds nodes on demand)")
     lr.add_argument("--lr-from", metavar="RUN_DIR", default=None,
                     help="reuse the LRMAX/LRMIN found in an earlier run folder")
     add_range_test_arguments(lr)

@@ -9,8 +9,10 @@ candidates on a log grid around the range test's suggestion, each a short One Cy
 TorchTrainer launched from a Tune function trainable, Ray 2.60 style) with the same peak
 fraction, evaluated on a held-out slice of the training set; ASHA stops the weak ones.
 
-Trials hold a custom `tune_driver` resource instead of a CPU, so two concurrent trials on a
-2-CPU machine do not deadlock waiting for their own Train workers.
+Both run on any cluster as it is: a search trial holds no CPU or GPU, only a little memory
+(every node has that resource), and its Train workers hold the rest; how many trials run at
+once is what the cluster can place (`cluster.search_concurrency`), or `--max-concurrent`. The
+data the driver loaded reaches every trial and worker through Ray's object store.
 """
 
 from __future__ import annotations
@@ -23,35 +25,49 @@ import torch
 from torch import nn
 
 from .config import RaycifarError, TrainConfig
-from .connect import DRIVER_RESOURCE, init_ray
-from .data import ArrayDataset, load_arrays
+from .connect import init_ray, resolve_use_gpu
+from .data import ArrayDataset, TrainingData, batches_per_epoch, load_arrays
 from .engine import resolve_precision
 from .lr_finder import (DEFAULT_LR_MIN_RULE, DEFAULT_METHOD, LRMAX_METHODS, LRMIN_RULES,
                         RangeTestError, range_test, reread)
 from .model import CustomResNet
 from .runs import RunFolder, RunFolderError
+from .schedule import OneCycle
 from .train import make_optimizer
 from .transforms import train_transform
 
 RANGE_TEST_DEFAULTS = {"start_lr": 1e-4, "end_lr": 10.0, "num_steps": 100, "mode": "exp",
                        "method": DEFAULT_METHOD, "lr_min_rule": DEFAULT_LR_MIN_RULE,
                        "lr_min_div": 10.0}
+# What a search trial holds itself: its Train workers hold the CPUs and GPUs. Tune needs some
+# resource per trial, and memory is one every node declares (so nothing to add to a cluster).
+TRIAL_DRIVER = {"CPU": 0, "memory": 256 * 2**20}
 
 
-def range_test_trainable(config: dict) -> None:
-    """One Tune trial: the range test on the training data; every step reported to Tune."""
+def _fetch(data):
+    """`TrainingData` from what a trial was given (an object-store reference or the thing)."""
+    import ray
+
+    return ray.get(data) if isinstance(data, ray.ObjectRef) else data
+
+
+def range_test_trainable(config: dict, data=None) -> None:
+    """One Tune trial: the range test on the training data; every step reported to Tune.
+
+    It trains on the GPU that the trial reserved when `use_gpu`, else on its CPUs.
+    """
     from ray import tune
 
     cfg = TrainConfig.from_dict(config["train"])
     settings = {**RANGE_TEST_DEFAULTS, **config.get("range_test", {})}
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if config.get("use_gpu") else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed)
-    arrays = load_arrays(cfg)
-    mean, std = arrays.mean_std()
+    data = _fetch(data)
+    arrays = data.arrays
     loader = torch.utils.data.DataLoader(
-        ArrayDataset(arrays.x_train, arrays.y_train, train_transform(mean, std)),
+        ArrayDataset(arrays.x_train, arrays.y_train, train_transform(data.mean, data.std)),
         batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.loader_workers)
     model = CustomResNet(len(arrays.classes), cfg.logit_scale).to(device)
     if cfg.channels_last:
@@ -77,32 +93,32 @@ def range_test_trainable(config: dict) -> None:
     result.save(RunFolder(cfg.run_dir))
 
 
-def _driver_slots() -> int:
-    import ray
+def lr_find(cfg: TrainConfig, settings: Optional[dict] = None, use_gpu: bool = False,
+            data: Optional[TrainingData] = None) -> dict:
+    """Run the range test as a Tune run; returns (and leaves in the run folder) its finding.
 
-    return int(ray.cluster_resources().get(DRIVER_RESOURCE, 0))
-
-
-def lr_find(cfg: TrainConfig, settings: Optional[dict] = None, use_gpu: bool = False) -> dict:
-    """Run the range test as a Tune run; returns (and leaves in the run folder) its finding."""
+    The trial holds what one training worker would (`cpus_per_worker` CPUs, a GPU when
+    `use_gpu`) and gets `data` (default: loaded here) through the object store.
+    """
     from ray import tune
 
+    data = data or TrainingData.of(load_arrays(cfg))
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     tuner = tune.Tuner(
-        tune.with_resources(range_test_trainable, resources),
-        param_space={"train": cfg.to_dict(), "range_test": settings or {}},
+        tune.with_resources(tune.with_parameters(range_test_trainable, data=data), resources),
+        param_space={"train": cfg.to_dict(), "range_test": settings or {}, "use_gpu": use_gpu},
         run_config=tune.RunConfig(name=f"{cfg.name}-lr-find", storage_path=cfg.storage_path,
                                   verbose=0),
     )
-    grid = tuner.fit()
-    _raise_trial_errors(grid)
+    grid = _fit(tuner)
     finding = RunFolder(cfg.run_dir).read_json("lr_finder.json")
     finding["tune_steps_reported"] = len(grid[0].metrics_dataframe)
     return finding
 
 
-def search_trainable(config: dict) -> None:
-    """One Tune trial: a short One Cycle run with this trial's LRMAX, under Ray Train."""
+def search_trainable(config: dict, data=None) -> None:
+    """One Tune trial: a short One Cycle run with this trial's LRMAX, under Ray Train; `data`
+    is the object-store reference its workers read (the trial never unpacks it)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -113,7 +129,7 @@ def search_trainable(config: dict) -> None:
     trial = tune.get_context().get_trial_id()
     cfg = cfg.replace(lr_max=lr_max, lr_min=lr_max / config["lr_min_div"],
                       name=f"{cfg.name}-trial-{trial}")
-    fit(cfg, config.get("use_gpu", False), callbacks=[TuneReportCallback()])
+    fit(cfg, config.get("use_gpu", False), callbacks=[TuneReportCallback()], data=data)
 
 
 def candidates(center: float, k: int, span: float = 4.0) -> list[float]:
@@ -123,34 +139,46 @@ def candidates(center: float, k: int, span: float = 4.0) -> list[float]:
     return [float(x) for x in np.geomspace(center / span, center * span, k)]
 
 
-def check_search_epochs(epochs: int) -> None:
+def check_search_args(epochs: int, max_concurrent: Optional[int] = None) -> None:
     if epochs < 2:
         raise RaycifarError(f"--search-epochs {epochs}: each candidate needs >= 2 epochs, so its "
                             "LR can rise to the peak and fall after it")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise RaycifarError(f"--max-concurrent {max_concurrent} must be >= 1 (leave it out to "
+                            "run as many trials as the cluster can place)")
 
 
 def search(cfg: TrainConfig, center: float, k: int = 4, epochs: int = 4, lr_min_div: float = 10,
            validation: int = 5000, use_gpu: bool = False, span: float = 4.0,
-           lrs: Optional[list[float]] = None) -> dict:
-    """ASHA over K short runs; writes lr_search.csv and best.json under cfg.run_dir."""
+           lrs: Optional[list[float]] = None, data: Optional[TrainingData] = None,
+           max_concurrent: Optional[int] = None) -> dict:
+    """ASHA over K short runs; writes lr_search.csv and best.json under cfg.run_dir.
+
+    `data` is the run's training data (default: loaded here); `validation` of its training
+    images are held out to rank the candidates, and the rest reach every trial's workers
+    through the object store.
+    """
+    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    check_search_epochs(epochs)
+    from .cluster import search_concurrency
+
+    check_search_args(epochs, max_concurrent)
     peak = max(1, round(epochs * cfg.peak_epoch / cfg.epochs))
     short = cfg.replace(epochs=epochs, peak_epoch=min(peak, epochs - 1), stop_after_epoch=0,
                         validation=validation)
+    data = data or TrainingData.of(load_arrays(cfg))
+    held = TrainingData.of(data.arrays.hold_out(validation, cfg.seed))
+    OneCycle(short.lr_min, short.lr_max, short.epochs, short.peak_epoch,  # enough data for it?
+             batches_per_epoch(len(held.arrays.y_train), short.batch_size,
+                               max(short.num_workers, 1)))
     grid_lrs = lrs or candidates(center, k, span)
     k = len(grid_lrs)
-    import ray
-
-    per_trial = cfg.num_workers * cfg.cpus_per_worker
-    cpu_room = int(ray.cluster_resources().get("CPU", 0) // max(per_trial, 1))
-    # Never more trials at once than drivers or CPUs for their Train workers: a Train run that
-    # waits for CPUs held by its sibling trials would time out instead of queueing in Tune.
-    slots = max(1, min(_driver_slots(), k, cpu_room))
+    slots = search_concurrency(ray.nodes(), cfg, use_gpu, k, max_concurrent)
+    trainable = tune.with_parameters(search_trainable, data=ray.put(held))
     tuner = tune.Tuner(
-        tune.with_resources(search_trainable, {"CPU": 0, DRIVER_RESOURCE: 1}),
+        tune.with_resources(trainable, TRIAL_DRIVER),
         param_space={"train": short.to_dict(), "lr_max": tune.grid_search(grid_lrs),
                      "lr_min_div": lr_min_div, "use_gpu": use_gpu},
         tune_config=tune.TuneConfig(
@@ -162,8 +190,7 @@ def search(cfg: TrainConfig, center: float, k: int = 4, epochs: int = 4, lr_min_
         run_config=tune.RunConfig(name=f"{cfg.name}-lr-search", storage_path=cfg.storage_path,
                                   verbose=0),
     )
-    grid = tuner.fit()
-    _raise_trial_errors(grid)
+    grid = _fit(tuner)
     rows = []
     for r in grid:
         m = r.metrics or {}
@@ -188,12 +215,21 @@ def _finite(x: float) -> float:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else -math.inf
 
 
-def _raise_trial_errors(grid) -> None:
+def _fit(tuner):
+    """Run a Tuner; a trial's user error is re-raised as it is, Ctrl-C as KeyboardInterrupt.
+
+    Tune catches Ctrl-C itself and returns with trials unfinished: that is an interruption,
+    not results to read.
+    """
     from .cluster import user_error
 
+    grid = tuner.fit()
     for err in grid.errors:
         user = user_error(err)
         raise user if user else RaycifarError(f"a Tune trial failed: {err}")
+    if grid.num_terminated < len(grid):
+        raise KeyboardInterrupt
+    return grid
 
 
 def load_finding(run_dir: str) -> dict:
@@ -300,7 +336,9 @@ def build_parser():
                           allow_abbrev=False)
     for p in (find, srch):
         add_config_arguments(p)
-        p.add_argument("--address", default=None, help="join an existing Ray cluster")
+        p.add_argument("--address", default=None,
+                       help="the Ray cluster to join; default: RAY_ADDRESS, else the cluster "
+                            "`ray start` runs on this node, else a new local Ray")
         add_range_test_arguments(p)
         add_debug_flag(p)
     tri = sub.add_parser("triangle", help="plot a triangular cyclic LR (torch CyclicLR)",
@@ -313,53 +351,60 @@ def build_parser():
     add_debug_flag(tri)
     srch.add_argument("--candidates", type=int, default=4)
     srch.add_argument("--search-epochs", type=int, default=4)
+    srch.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                      help="trials at once (default: as many as the cluster can place now; "
+                           "give it on an autoscaling cluster that adds nodes on demand)")
     srch.add_argument("--holdout", type=int, default=5000,
                       help="training images held out to rank the candidates")
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    import sys
-    import traceback
-
+def run(args) -> int:
+    """`python -m raycifar.tune lr-find|search|triangle`, after parsing."""
     from .cli import config_from_args
+    from .cluster import check_placement
+    from .runs import check_writable
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     if args.command == "triangle":
-        return _triangle(args, parser.prog)
-    try:
-        cfg = config_from_args(args)
-        if args.command == "search":
-            check_search_epochs(args.search_epochs)
-        arrays = load_arrays(cfg)  # fail fast on bad data, before Ray starts
-        settings = range_test_settings(args)
-        finding = matching_finding(cfg, settings, len(arrays.y_train))
-        if finding is not None:
-            print(f"[raycifar] {cfg.run_dir}/lr_finder.csv holds a sweep with these settings on "
-                  "this data: read again, not swept again", flush=True)
-        if finding is None or args.command == "search":
-            init_ray(args.address)
-        if finding is None:
-            finding = lr_find(cfg, settings)
-        print(f"[raycifar] range test: LRMAX {finding['lr_max']:.4g}, LRMIN "
-              f"{finding['lr_min']:.4g} ({finding['method']}); {cfg.run_dir}/lr_finder.csv")
-        if args.command == "search":
-            best = search(cfg, finding["lr_max"], k=args.candidates, epochs=args.search_epochs,
-                          validation=args.holdout,
-                          lr_min_div=finding["lr_max"] / finding["lr_min"])
-            print(f"[raycifar] search: LRMAX {best['lr_max']:.4g}, LRMIN {best['lr_min']:.4g}, "
-                  f"held-out accuracy {best['held_out_acc']:.4f}; {cfg.run_dir}/best.json")
-        return 0
-    except RaycifarError as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+        return _triangle(args)
+    cfg = config_from_args(args)
+    if args.command == "search":
+        check_search_args(args.search_epochs, args.max_concurrent)
+    data = TrainingData.of(load_arrays(cfg))  # fail fast on bad data, before Ray starts
+    check_writable(cfg.storage_path)
+    settings = range_test_settings(args)
+    finding = matching_finding(cfg, settings, len(data.arrays.y_train))
+    if finding is not None:
+        print(f"[raycifar] {cfg.run_dir}/lr_finder.csv holds a sweep with these settings on "
+              "this data: read again, not swept again", flush=True)
+    use_gpu = bool(cfg.use_gpu)
+    if finding is None or args.command == "search":
+        import ray
+
+        joined = init_ray(args.address)
+        use_gpu = resolve_use_gpu(cfg.use_gpu)
+        # the range test trial is one worker's worth
+        check_placement(cfg.replace(num_workers=1), ray.nodes(), use_gpu, local=not joined)
+    if finding is None:
+        finding = lr_find(cfg, settings, use_gpu=use_gpu, data=data)
+    print(f"[raycifar] range test: LRMAX {finding['lr_max']:.4g}, LRMIN "
+          f"{finding['lr_min']:.4g} ({finding['method']}); {cfg.run_dir}/lr_finder.csv")
+    if args.command == "search":
+        best = search(cfg, finding["lr_max"], k=args.candidates, epochs=args.search_epochs,
+                      validation=args.holdout, lr_min_div=finding["lr_max"] / finding["lr_min"],
+                      use_gpu=use_gpu, data=data, max_concurrent=args.max_concurrent)
+        print(f"[raycifar] search: LRMAX {best['lr_max']:.4g}, LRMIN {best['lr_min']:.4g}, "
+              f"held-out accuracy {best['held_out_acc']:.4f}; {cfg.run_dir}/best.json")
+    return 0
 
 
-def _triangle(args, prog: str) -> int:
-    import sys
+def main(argv: Optional[list[str]] = None) -> int:
+    from .cli import run_cli
+
+    return run_cli(run, build_parser(), argv)
+
+
+def _triangle(args) -> int:
     from pathlib import Path
 
     from .report import draw_triangular
@@ -368,8 +413,7 @@ def _triangle(args, prog: str) -> int:
     try:
         lrs = triangular_lrs(args.base_lr, args.max_lr, args.step_size, args.cycles)
     except ValueError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+        raise RaycifarError(str(e)) from e
     out = draw_triangular(args.step_size, lrs, Path(args.out))
     print(f"[raycifar] {len(lrs)} iterations, LR {args.base_lr:g} to {args.max_lr:g}; wrote {out}")
     return 0

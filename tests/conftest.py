@@ -88,7 +88,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray head (2 CPUs, 4 Tune driver slots) for every test that needs a cluster.
+    """One local Ray head (2 CPUs) for every test that needs a cluster.
 
     Started with `ray start` on a port of its own and its own temp dir, and every job's workers
     get RAY_ADDRESS: Ray Train's placement-group cleaner looks the cluster up by address, and
@@ -111,7 +111,7 @@ def ray_cluster():
     temp = tempfile.mkdtemp(prefix="rc-ray-", dir="/tmp")  # short: Ray's socket paths are capped
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
                     "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    '--resources={"tune_driver": 4}', "--dashboard-host=127.0.0.1",
+                    "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={free_port()}", f"--temp-dir={temp}",
                     "--disable-usage-stats"], check=True, capture_output=True)
     try:
@@ -129,3 +129,20 @@ def ray_cluster():
                 break
             time.sleep(0.2)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One finished tiny run (Ray Train local mode, in-process), its run folder; shared by the
+    evaluate and predict tests. It trains on a seeded subset (60 train / 12 test images, seed 3)
+    and some test images carry another class's colour, so it gets some, not all, right."""
+    from raycifar.train import fit
+
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = tiny_train_config(tmp, num_workers=0, epochs=2, subset=60, seed=3)
+    test = Path(cfg.data_dir) / "test"
+    for i in range(4):  # cat-coloured images labelled dog, dog-coloured labelled frog
+        (test / "cat" / f"{i:04d}.png").rename(test / "dog" / f"cat{i}.png")
+        (test / "dog" / f"{i:04d}.png").rename(test / "frog" / f"dog{i}.png")
+    fit(cfg)
+    return Path(cfg.run_dir)

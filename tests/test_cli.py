@@ -123,6 +123,21 @@ def bad_inputs(tmp):
         "too many workers": ([*common, "--data-dir", str(good), "--num-workers", "4",
                               "--cpus-per-worker", "1", "--batch-size", "8"],
                              "cannot be placed"),
+        "too little data for the cycle": ([*common, "--data-dir", str(good), "--subset", "512",
+                                           "--epochs", "2", "--peak-epoch", "1",
+                                           "--batch-size", "512", "--num-workers", "2"],
+                                          "One Cycle needs at least one step"),
+        "unwritable storage path": ([*common, "--data-dir", str(good), "--storage-path",
+                                     "/proc/raycifar-runs"], "cannot write to --storage-path"),
+        "unreachable bucket": ([*common, "--data-dir", str(good), "--storage-path",
+                                "s3://raycifar/runs?endpoint_override=127.0.0.1:9&scheme=http"],
+                               "cannot write to --storage-path s3://"),
+        "holdout too large": ([*common, "--data-dir", str(good), "--lr-search", "--holdout",
+                               "12"], "holding out 12 images"),
+        "max-concurrent 0": ([*common, "--data-dir", str(good), "--lr-search",
+                                        "--max-concurrent", "0"], "must be >= 1"),
+        "dashboard address": ([*common, "--data-dir", str(good), "--address",
+                               "http://127.0.0.1:8265", "--lr-max", "0.1"], "dashboard address"),
     }
 
 

@@ -173,3 +173,52 @@ def test_a_compiled_run_saves_plain_weights(tmp_path, monkeypatch):
     weights = torch.load(io.BytesIO(run.read_bytes("model.pt")), weights_only=True)
     CustomResNet(3).load_state_dict(weights)  # strict: the same keys, no prefix
     assert run.read_json("config.json")["config"]["compile"] is True
+
+
+def gpu_tagged_checkpoint(state: dict) -> bytes:
+    """`state` saved as a GPU run saves it: every storage tagged "cuda:0" (test-only use of
+    torch's private tagger list; a real GPU is not needed to write the tags)."""
+    from torch import serialization
+
+    entry = (1, lambda obj: "cuda:0", lambda obj, location: None)
+    serialization._package_registry.append(entry)
+    serialization._package_registry.sort(key=lambda e: e[0])
+    try:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+    finally:
+        serialization._package_registry.remove(entry)
+    return buf.getvalue()
+
+
+def test_a_checkpoint_written_on_a_gpu_resumes_on_a_cpu(tmp_path):
+    from raycifar.resume import read_state
+
+    state = {"model": CustomResNet(3).state_dict(), "rng": torch.get_rng_state()}
+    raw = gpu_tagged_checkpoint(state)
+    with pytest.raises(RuntimeError, match="CUDA device"):  # what a plain torch.load does
+        torch.load(io.BytesIO(raw), weights_only=False)
+    path = tmp_path / CHECKPOINT_FILE
+    path.write_bytes(raw)
+    loaded = read_state(str(path), torch.device("cpu"))  # what every worker calls
+    assert all(t.device.type == "cpu" for t in loaded["model"].values())
+    torch.set_rng_state(loaded["rng"])
+    cfg = tiny_train_config(tmp_path)
+    full = {k: None for k in STATE_KEYS}
+    full.update(model=state["model"], epoch=3, config=cfg.to_dict())
+    write_checkpoint(cfg, raw=gpu_tagged_checkpoint(full))
+    assert check_resumable(cfg, 3) == 3  # the driver's check reads it on the CPU too
+
+
+def test_another_worker_count_resumes_when_the_schedule_is_the_same(tmp_path):
+    cfg = tiny_train_config(tmp_path, num_workers=2)
+    state = {k: None for k in STATE_KEYS}
+    state.update(model=CustomResNet(3).state_dict(), epoch=2, config=cfg.to_dict(),
+                 scheduler={"total_steps": 15})
+    write_checkpoint(cfg, state)
+    assert check_resumable(cfg.replace(num_workers=1), 3, total_steps=15) == 2
+    assert check_resumable(cfg.replace(num_workers=4), 3, total_steps=15) == 2
+    with pytest.raises(CheckpointError, match=r"One Cycle of 15 steps \(2 workers\) and this "
+                                              r"run's would have 18 \(8 workers\): resume with "
+                                              r"--num-workers 2, or start fresh"):
+        check_resumable(cfg.replace(num_workers=8), 3, total_steps=18)

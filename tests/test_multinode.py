@@ -1,0 +1,176 @@
+"""The card's commands on a cluster the user started: a simulated two-node cluster of
+`ray start` processes on this machine (tests/simcluster.py), each node with 2 CPUs.
+
+Every driver here runs as a user would run it on the head, without `--address` unless a test
+says so. Workers of 2 CPUs fit one per node, so a two-worker run spans both nodes. The data
+and the decode cache sit in a folder that Ray workers may not open (an audit hook in every
+worker process logs and refuses it), so a finished run proves they never read --data-dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raycifar.runs import RunFolder
+from raycifar.train import METRIC_COLUMNS, STEP_COLUMNS
+
+from conftest import write_folder
+from simcluster import RAY_CLI, new_cluster
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_FILES = ("config.json", "metrics.csv", "lr_steps.csv", "predictions.npz", "model.pt",
+             "summary.json")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head and a second node, 2 CPUs each, and a data folder only the driver may read."""
+    sim = new_cluster()
+    try:
+        sim.start_head()
+        sim.add_node()
+        write_folder(sim.forbidden / "data", n_train=24, n_test=8)
+        yield sim
+    finally:
+        sim.stop()
+
+
+def tiny_args(sim, storage: Path, name: str, *more: str) -> list[str]:
+    return ["--data-dir", str(sim.forbidden / "data"), "--cache-dir",
+            str(sim.forbidden / "cache"), "--epochs", "2", "--peak-epoch", "1",
+            "--batch-size", "16", "--precision", "fp32", "--no-channels-last",
+            "--loader-workers", "0", "--storage-path", str(storage), "--name", name, *more]
+
+
+def train(sim, argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m raycifar.train ARGV` on the head, as a user there would run it."""
+    return subprocess.run([sys.executable, "-m", "raycifar.train", *argv], env=sim.driver_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_workers_never_opened_the_data(sim) -> None:
+    log = sim.forbidden_log
+    assert not log.exists(), f"Ray workers opened driver-only files:\n{log.read_text()}"
+
+
+def test_the_hook_refuses_worker_opens_of_the_driver_only_folder(cluster):
+    """The proof the other tests rely on: a Ray worker that opens the folder fails, logged."""
+    probe = cluster.forbidden / "probe.txt"
+    probe.write_text("x")
+    script = ("import ray\nray.init()\n"
+              "@ray.remote\ndef read(p):\n    return open(p).read()\n"
+              f"print(open({str(probe)!r}).read())\n"  # the driver may
+              f"ray.get(read.remote({str(probe)!r}))\n")
+    done = subprocess.run([sys.executable, "-c", script], env=cluster.driver_env(),
+                          capture_output=True, text=True, timeout=120)
+    try:
+        assert done.returncode != 0 and "PermissionError" in done.stderr, done.stderr[-3000:]
+        assert done.stdout.startswith("x")
+        assert str(probe) in cluster.forbidden_log.read_text()
+    finally:
+        cluster.forbidden_log.unlink(missing_ok=True)
+        probe.unlink()
+
+
+def test_train_without_address_joins_the_cluster_and_spans_both_nodes(cluster):
+    storage = cluster.root / "shared-runs"
+    done = train(cluster, tiny_args(cluster, storage, "two-nodes", "--num-workers", "2",
+                                    "--cpus-per-worker", "2", "--shared-storage",
+                                    "--lr-max", "0.05", "--lr-min", "0.005"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Connecting to existing Ray cluster" in done.stdout + done.stderr
+    run = RunFolder(str(storage / "two-nodes"))
+    placed = run.read_json("config.json")["workers"]
+    nodes = cluster.alive_nodes()
+    assert sorted(w["rank"] for w in placed) == [0, 1]
+    assert {w["node_id"] for w in placed} == set(nodes)  # one worker on each node
+    assert [r["epoch"] for r in run.read_csv("metrics.csv", METRIC_COLUMNS)] == ["1", "2"]
+    assert run.read_json("summary.json")["workers"] == 2
+    assert_workers_never_opened_the_data(cluster)
+    with open(cluster.root / "placement.txt", "w") as f:  # for results/cluster-sim
+        f.writelines(f"rank {w['rank']}: {nodes[w['node_id']]} ({w['node_id'][:12]})\n"
+                     for w in placed)
+
+
+def test_a_local_storage_path_on_two_nodes_needs_shared_storage(cluster):
+    storage = cluster.root / "node-local-runs"
+    done = train(cluster, tiny_args(cluster, storage, "refused", "--num-workers", "2",
+                                    "--cpus-per-worker", "2", "--lr-max", "0.05",
+                                    "--lr-min", "0.005"), timeout=120)
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "spans 2 nodes" in errors[0] and "--shared-storage" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not (storage / "refused" / "config.json").exists()
+
+
+def test_job_submit_without_address_trains_and_writes_the_run_folder(cluster):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    storage = cluster.root / "job-runs"
+    # sys.executable, not `python`: the job runs with the environment `ray start` had, whose
+    # `python` may not be the interpreter that has this package and its dependencies.
+    entrypoint = [sys.executable, "-m", "raycifar.train",
+                  *tiny_args(cluster, storage, "job", "--num-workers", "2",
+                             "--cpus-per-worker", "1", "--shared-storage",
+                             "--lr-max", "0.05", "--lr-min", "0.005")]
+    submission_id = f"raycifar-job-{os.getpid()}-{int(time.time())}"
+    # The repository is the working dir; Ray 2.60 leaves out .git and what .gitignore lists.
+    submit = [*RAY_CLI, "job", "submit", "--address", cluster.dashboard,
+              "--submission-id", submission_id, "--working-dir", str(REPO), "--", *entrypoint]
+    done = subprocess.run(submit, env=cluster.driver_env(), capture_output=True, text=True,
+                          timeout=300)
+    logs = done.stdout + done.stderr
+    client = JobSubmissionClient(cluster.dashboard)
+    status = client.get_job_status(submission_id)
+    assert status == JobStatus.SUCCEEDED, f"{status}\n{logs[-4000:]}"
+    assert done.returncode == 0, logs[-4000:]
+    job_log = client.get_job_logs(submission_id)
+    assert "[raycifar] done in" in job_log
+    assert "Found multiple active Ray instances" not in logs  # RAY_ADDRESS reached Ray's actors
+
+    run = RunFolder(str(storage / "job"))
+    for name in RUN_FILES:
+        assert run.exists(name), f"{name} missing; job logs:\n{logs[-4000:]}"
+    rows = run.read_csv("metrics.csv", required=METRIC_COLUMNS)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    config = run.read_json("config.json")
+    assert config["world_size"] == 2 and config["config"]["name"] == "job"
+    assert config["steps_per_epoch"] == 5  # 72 images, 36 per worker in batches of 8
+    assert len(run.read_csv("lr_steps.csv", required=STEP_COLUMNS)) == 2 * 5
+    summary = run.read_json("summary.json")
+    assert summary["epochs"] == 2 and summary["test_images"] == 3 * 8
+    assert_workers_never_opened_the_data(cluster)
+    (cluster.root / "job.log").write_text(job_log)
+
+
+def test_lr_search_runs_the_range_test_and_the_search_on_the_cluster(cluster):
+    storage = cluster.root / "search-runs"
+    # --address given this time: the fourth way in (the other three: RAY_ADDRESS in the job
+    # above, the `ray start` cluster of this node, a new local Ray in test_fault_tolerance)
+    done = train(cluster, tiny_args(cluster, storage, "searched", "--address", cluster.gcs,
+                                    "--num-workers", "1", "--cpus-per-worker", "2",
+                                    "--shared-storage", "--lr-search", "--search-candidates",
+                                    "2", "--search-epochs", "2", "--num-steps", "10",
+                                    "--start-lr", "1e-3", "--end-lr", "1", "--lr-min-rule",
+                                    "div", "--holdout", "12"), timeout=500)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-5000:]
+    run = RunFolder(str(storage / "searched"))
+    rows = run.read_csv("lr_search.csv", ["lr_max", "epochs_run"])
+    assert len(rows) == 2
+    best = run.read_json("best.json")
+    assert run.read_json("config.json")["config"]["lr_max"] == pytest.approx(best["lr_max"])
+    assert run.exists("summary.json") and run.exists("lr_finder.csv")
+    assert "No available node types can fulfill" not in out
+    assert_workers_never_opened_the_data(cluster)
+    shutil.copy(storage / "searched" / "lr_search.csv", cluster.root / "lr_search.csv")
