@@ -31,8 +31,17 @@ CLUSTERS = REPO / "jobs" / "clusters"
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "kuberay"
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 TRAIN = "python -m raycifar.train"
-# Flags the cluster files use that raycifar.train does not have yet (wired separately, issue 5).
-# A command that fails only on these is an expected failure; remove them once they exist.
+README = REPO / "jobs" / "README.md"
+DOCKERFILE = CLUSTERS / "Dockerfile"
+# Ray Train's worker-group start timeout (ray/train/v2/_internal/constants.py; 60 s by default in
+# Ray 2.60) must outlast a GPU node's boot and image pull wherever a Train run is started.
+START_TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+MIN_START_TIMEOUT_S = 600
+# A node that pip-installs torch (or this package, which pulls torch in) at boot may get another
+# torch/CUDA build than the image's; every node runs the image instead.
+PER_NODE_TORCH = re.compile(r"pip3?\s+install\b[^;&|]*?(\btorch\b|torchvision|raycifar|\s-e\s|\s\.(\s|$))")
+
+
 def ray_pin() -> str:
     """The Ray version pyproject.toml pins (`ray[...]==X`)."""
     m = re.search(r'"ray\[[^\]]*\]==([0-9][0-9.]*)"', (REPO / "pyproject.toml").read_text())
@@ -48,6 +57,13 @@ def cluster_files(kind: str) -> list[Path]:
     """Launcher configs have a `provider`; Kubernetes manifests an `apiVersion`."""
     key = "provider" if kind == "launcher" else "apiVersion"
     return sorted(p for p in CLUSTERS.glob("*.yaml") if key in load_docs(p)[0])
+
+
+def project_image() -> str:
+    """The image name jobs/clusters/Dockerfile's build command tags; every node runs it."""
+    m = re.search(r"docker build -f jobs/clusters/Dockerfile -t (\S+) \.", DOCKERFILE.read_text())
+    assert m, "the Dockerfile does not open with its `docker build ... -t NAME .` command"
+    return m.group(1)
 
 
 LAUNCHERS = cluster_files("launcher")
@@ -89,20 +105,57 @@ def launcher_problems(config: dict) -> list[str]:
         problems.append("no GPU worker type that scales from 0")
     if types[prepared["head_node_type"]]["resources"].get("GPU"):
         problems.append("the head should be a CPU node")
-    pin = ray_pin()
     docker = prepared.get("docker", {})
     for key in ("image", "head_image", "worker_image"):
-        if key in docker and f":{pin}-" not in docker[key]:
-            problems.append(f"docker.{key}={docker[key]!r} is not Ray {pin}")
+        if key in docker and docker[key] != project_image():
+            problems.append(f"docker.{key}={docker[key]!r} is not the image built from "
+                            f"jobs/clusters/Dockerfile ({project_image()!r})")
+    if not docker.get("image") and not (docker.get("head_image") and docker.get("worker_image")):
+        problems.append("no docker image: the nodes would run whatever torch they install")
     head = " ".join(prepared["head_start_ray_commands"])
     if "--dashboard-host=127.0.0.1" not in head:
         problems.append("the dashboard must listen on 127.0.0.1 (reach it with `ray dashboard`)")
-    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        if "RAY_AUTH_MODE=token" not in " ".join(prepared[key]):
-            problems.append(f"{key} do not turn on token auth")
-    if not any("pip install" in c and "raycifar" in c for c in prepared["setup_commands"]):
-        problems.append("setup_commands do not install this package")
+    # The container's environment reaches every process on the node: `ray start`, job drivers,
+    # Tune trials, and `ray exec ... 'ray status'` (which needs RAY_AUTH_MODE=token).
+    for node in ("head", "worker"):
+        env = container_env(docker.get("run_options", []) + docker.get(f"{node}_run_options", []))
+        if env.get("RAY_AUTH_MODE") != "token":
+            problems.append(f"the {node} container's environment lacks RAY_AUTH_MODE=token "
+                            "(docker.run_options: -e RAY_AUTH_MODE=token)")
+        problems += start_timeout_problems(env.get(START_TIMEOUT), f"the {node} container")
+    keys = ["initialization_commands", "setup_commands", "head_setup_commands",
+            "worker_setup_commands"]
+    commands = [(k, c) for k in keys for c in prepared.get(k, [])]
+    commands += [(f"{n}.worker_setup_commands", c) for n, t in types.items()
+                 for c in t.get("worker_setup_commands", [])]
+    for key, command in commands:
+        if PER_NODE_TORCH.search(command):
+            problems.append(f"{key} installs torch on each node ({command!r}); the image has it")
     return problems
+
+
+def container_env(run_options: list[str]) -> dict[str, str]:
+    """NAME=VALUE pairs that `docker run` options (-e/--env) set."""
+    tokens = shlex.split(" ".join(run_options))
+    env = {}
+    for flag, value in zip(tokens, tokens[1:] + [""]):
+        if flag in ("-e", "--env") and "=" in value:
+            name, _, val = value.partition("=")
+            env[name] = val
+        elif flag.startswith("--env=") and "=" in flag[6:]:
+            name, _, val = flag[6:].partition("=")
+            env[name] = val
+    return env
+
+
+def start_timeout_problems(value, where: str) -> list[str]:
+    try:
+        if float(value) >= MIN_START_TIMEOUT_S:
+            return []
+    except (TypeError, ValueError):
+        pass
+    return [f"{where}: {START_TIMEOUT}={value!r}; need >= {MIN_START_TIMEOUT_S} s (Ray's 60 s "
+            "default is shorter than a GPU node's boot)"]
 
 
 @pytest.mark.parametrize("path", LAUNCHERS, ids=ids)
@@ -130,9 +183,28 @@ LAUNCHER_BREAKAGES = {
         lambda c: c.__setitem__("head_start_ray_commands", [
             s.replace("127.0.0.1", "0.0.0.0") for s in c["head_start_ray_commands"]]),
         "127.0.0.1"),
-    "another Ray version": (
-        lambda c: c["docker"].__setitem__("worker_image", "rayproject/ray:2.9.0-py311-gpu"),
-        "worker_image"),
+    "a stock Ray image (torch installed per node)": (
+        lambda c: c["docker"].__setitem__("image", "rayproject/ray:2.60.0-py311-gpu"),
+        "docker.image"),
+    "pip install torch on every node": (
+        lambda c: c.__setitem__("setup_commands", ["pip install torch==2.14.1"]),
+        "installs torch"),
+    "pip install of this package on every node": (
+        lambda c: c.__setitem__("setup_commands", ["pip install --no-cache-dir -e ~/raycifar"]),
+        "installs torch"),
+    "worker-group start timeout left at Ray's default": (
+        lambda c: c["docker"].__setitem__("run_options", [
+            o for o in c["docker"]["run_options"] if START_TIMEOUT not in o]),
+        START_TIMEOUT),
+    "worker-group start timeout too short": (
+        lambda c: c["docker"].__setitem__("run_options", [
+            f"-e {START_TIMEOUT}=120" if START_TIMEOUT in o else o
+            for o in c["docker"]["run_options"]]),
+        "'120'"),
+    "token auth only in the start commands (`ray exec ... 'ray status'` gets 401)": (
+        lambda c: c["docker"].__setitem__("run_options", [
+            o for o in c["docker"]["run_options"] if "RAY_AUTH_MODE" not in o]),
+        "RAY_AUTH_MODE=token"),
 }
 
 
@@ -234,6 +306,13 @@ def manifest_problems(doc: dict, crds: bool = True) -> list[str]:
     if not any(g.get("minReplicas", 0) == 0 for g in groups):
         problems.append("no worker group that scales from 0")
     for name, pod in _pod_specs(spec):
+        for c in pod["containers"]:
+            if c.get("image") != project_image():
+                problems.append(f"{name}/{c['name']}: image {c.get('image')!r} is not the one "
+                                f"built from jobs/clusters/Dockerfile ({project_image()!r})")
+            # The head runs the driver; GPU pods run Tune trials, each fitting a Train run.
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            problems += start_timeout_problems(env.get(START_TIMEOUT), f"{name}/{c['name']}")
         shm = {v["name"] for v in pod.get("volumes", [])
                if v.get("emptyDir", {}).get("medium") == "Memory"}
         claims = {v["name"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
@@ -279,6 +358,10 @@ def _gpu_container(doc: dict) -> dict:
     return _gpu_group(doc)["template"]["spec"]["containers"][0]
 
 
+def _head_container(doc: dict) -> dict:
+    return _cluster_spec(doc)["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+
 MANIFEST_BREAKAGES = {
     # name: (mutation, a substring of the problem, needs the CRD schema)
     "typo in a group key": (
@@ -304,6 +387,19 @@ MANIFEST_BREAKAGES = {
         "/dev/shm", False),
     "another Ray version": (
         lambda d: _cluster_spec(d).__setitem__("rayVersion", "2.9.0"), "rayVersion", False),
+    "worker-group start timeout missing where the driver runs": (
+        lambda d: _head_container(d).__setitem__("env", [
+            e for e in _head_container(d)["env"] if e["name"] != START_TIMEOUT]),
+        f"head/ray-head: {START_TIMEOUT}=None", False),
+    "worker-group start timeout too short": (
+        lambda d: [e.__setitem__("value", "60") for e in _gpu_container(d)["env"]
+                   if e["name"] == START_TIMEOUT], "'60'", False),
+    "a stock Ray image": (
+        lambda d: _gpu_container(d).__setitem__("image", "rayproject/ray:2.60.0-py311-gpu"),
+        "image 'rayproject/ray", False),
+    "authOptions field unknown to the CRD": (
+        lambda d: _cluster_spec(d)["authOptions"].__setitem__("secretRef", "x"),
+        "secretRef", True),
     "head exposed as a LoadBalancer": (
         lambda d: _cluster_spec(d)["headGroupSpec"].__setitem__("serviceType", "LoadBalancer"),
         "ClusterIP", False),
@@ -327,9 +423,49 @@ def test_pvc_must_be_read_write_many():
                               "spec": {"accessModes": ["ReadWriteOnce"]}})
 
 
-def test_dockerfile_pins_the_same_ray():
-    base = re.search(r"^FROM\s+(\S+)", (CLUSTERS / "Dockerfile").read_text(), re.M).group(1)
-    assert base.startswith(f"rayproject/ray:{ray_pin()}-"), base
+def test_manifests_state_the_kuberay_release_they_need():
+    """`authOptions.secretName` is new in KubeRay 1.6.0; 1.5.x drops it and makes its own token."""
+    for path in MANIFESTS:
+        uses = any(_cluster_spec(d).get("authOptions", {}).get("secretName")
+                   for d in load_docs(path) if d.get("kind") in CRD_FILES)
+        assert uses and "KubeRay >= 1.6.0" in path.read_text(), path.name
+    text = README.read_text()
+    assert "1.6.0" in text and "1.5.1" not in text
+
+
+def dockerfile_problems(text: str) -> list[str]:
+    """Ray as pyproject.toml pins it, and one CUDA 12 torch build installed before the package
+    (so `pip install .` keeps it instead of fetching PyPI's CUDA 13 wheels, driver >= 580)."""
+    problems = []
+    base = re.search(r"^FROM\s+(\S+)", text, re.M)
+    if not (base and base.group(1).startswith(f"rayproject/ray:{ray_pin()}-")):
+        problems.append(f"FROM {base and base.group(1)!r} is not Ray {ray_pin()}")
+    index = re.search(r"^ARG TORCH_INDEX=(\S+)", text, re.M)
+    if not (index and re.fullmatch(r"https://download\.pytorch\.org/whl/cu12\d+/?", index.group(1))):
+        problems.append(f"TORCH_INDEX={index and index.group(1)!r} is not a CUDA 12 torch index")
+    runs = [r for r in re.findall(r"^RUN\s+((?:.*\\\n)*.*)$", text, re.M)]
+    torch_at = [i for i, r in enumerate(runs) if '--index-url "$TORCH_INDEX"' in r and "torch" in r]
+    package_at = [i for i, r in enumerate(runs) if re.search(r"pip install [^\n]*\s\.(\s|$)", r)]
+    if not torch_at or not package_at or torch_at[0] > package_at[0]:
+        problems.append("torch is not installed from TORCH_INDEX before `pip install .`")
+    return problems
+
+
+def test_dockerfile_pins_ray_and_a_cuda12_torch():
+    assert dockerfile_problems(DOCKERFILE.read_text()) == []
+    assert project_image() == "my-registry.example.com/raycifar:0.1.0"
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    (f":{ray_pin()}-py311-gpu", ":2.9.0-py311-gpu", "FROM"),
+    ("whl/cu126", "whl/cu130", "CUDA 12"),
+    ('--index-url "$TORCH_INDEX" ', "", "before `pip install .`"),
+])
+def test_broken_dockerfile_is_rejected(old, new, expected):
+    text = DOCKERFILE.read_text()
+    assert old in text
+    problems = dockerfile_problems(text.replace(old, new))
+    assert problems and expected in " ".join(problems), problems
 
 
 # ----------------------------------------------------------------------------- training commands
@@ -345,14 +481,27 @@ def _strings(node):
             yield from _strings(v)
 
 
+def _fenced(text: str) -> str:
+    """The lines inside Markdown code fences."""
+    return "\n".join(block for i, block in enumerate(re.split(r"^```.*$", text, flags=re.M))
+                     if i % 2 == 1)
+
+
 def training_commands(path: Path) -> list[list[str]]:
-    """Every `python -m raycifar.train ...` in a file, as argv after the module name: from the
-    comments (with `\\` continuations joined) and from every string value (e.g. an entrypoint)."""
+    """Every `python -m raycifar.train ...` in a file, as argv after the module name: from a
+    YAML file's comments and string values (e.g. an entrypoint), or a Markdown file's code
+    blocks; `\\` continuations joined."""
     text = path.read_text()
+    if path.suffix == ".md":
+        return _commands_in(_fenced(text).replace("\\\n", " ").splitlines())
     comments = "\n".join(line.strip()[1:].strip() for line in text.splitlines()
                          if line.strip().startswith("#"))
     lines = comments.replace("\\\n", " ").splitlines()
     lines += [line for doc in load_docs(path) for s in _strings(doc) for line in s.splitlines()]
+    return _commands_in(lines)
+
+
+def _commands_in(lines: list[str]) -> list[list[str]]:
     commands = []
     for line in lines:
         for rest in line.split(TRAIN)[1:]:
@@ -368,13 +517,24 @@ def training_commands(path: Path) -> list[list[str]]:
     return commands
 
 
-ALL_FILES = LAUNCHERS + MANIFESTS
+ALL_FILES = LAUNCHERS + MANIFESTS + [README]
 
 
 def test_commands_are_found():
     found = {p.name: len(training_commands(p)) for p in ALL_FILES}
     assert all(found.values()), found
-    assert training_commands(CLUSTERS / "kuberay-rayjob.yaml")[-1][:2] == ["--address", "auto"]
+    # The RayJob's entrypoint (a string value, not a comment) is found too.
+    assert training_commands(CLUSTERS / "kuberay-rayjob.yaml")[-1][:1] == ["--use-gpu"]
+    assert training_commands(README)[0][-2:] == ["--name", "aws-4xa10g"]
+
+
+def test_no_command_passes_address_auto():
+    """The driver joins RAY_ADDRESS (set for every `ray job submit` job) or the node's `ray
+    start` cluster by itself; `--address auto` is not needed anywhere."""
+    pattern = re.compile(r"--address[ =]+['\"]?auto\b")
+    for path in [*CLUSTERS.iterdir(), README]:
+        hits = [line for line in path.read_text().splitlines() if pattern.search(line)]
+        assert not hits, f"{path.name}: {hits}"
 
 
 def _parse(argv: list[str]):
@@ -390,7 +550,7 @@ def test_training_commands_are_accepted_by_the_cli(path):
     for argv in training_commands(path):
         args = _parse(argv)
         cfg = config_from_args(args)  # values valid together (e.g. batch divisible by workers)
-        assert args.address == "auto", "a cluster run must join the cluster, not start a Ray"
+        assert args.address is None, "the driver joins the cluster by itself: no --address"
         assert cfg.use_gpu is True, "the cluster starts without GPU nodes: pass --use-gpu"
         # A multi-node run with the storage these files use is accepted by the storage rule.
         check_shared_storage(cfg.storage_path, [{"Alive": True}] * 3,
