@@ -17,9 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
-
 from .config import RaycifarError
+from .progress import EpochProgress
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -157,20 +156,28 @@ def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                 scheduler, loss_fn: Callable, scaler: torch.amp.GradScaler, *,
                 device: torch.device, precision: str = "fp32", channels_last: bool = False,
-                epoch: int = 1, first_step: int = 0, progress: bool = False,
+                epoch: int = 1, epochs: Optional[int] = None, first_step: int = 0,
+                progress: bool = False, progress_seconds: Optional[float] = None,
                 max_steps: Optional[int] = None,
                 before_step: Optional[Callable[[int], None]] = None) -> EpochResult:
     """Train one epoch, stepping `scheduler` per batch; returns this rank's figures.
 
-    `before_step(i)` runs before step i of the epoch (fault injection uses it).
+    `progress` shows this epoch's progress (rank 0 asks for it; see progress.py): a tqdm bar
+    when stdout is a terminal, else a plain line every `progress_seconds` (default:
+    $RAYCIFAR_PROGRESS_SECONDS, else 30) and at the end. `epochs` (the run's total) only labels
+    it. `before_step(i)` runs before step i of the epoch (fault injection uses it).
     """
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     steps: list[Step] = []
-    bar = tqdm(loader, disable=not progress, dynamic_ncols=True, leave=True,
-               desc=f"epoch {epoch}")
+    total = len(loader) if hasattr(loader, "__len__") else None
+    if total is not None and max_steps is not None:
+        total = min(total, max_steps)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    meter = EpochProgress(total, epoch=epoch, epochs=epochs, enabled=progress,
+                          interval=progress_seconds, world=world)
     start = time.perf_counter()
-    for i, (x, y) in enumerate(bar):
+    for i, (x, y) in enumerate(loader):
         if max_steps is not None and i >= max_steps:
             break
         if before_step is not None:
@@ -196,10 +203,9 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
         loss_sum += value * n
         correct += int((out.argmax(1) == y).sum())
         seen += n
-        bar.set_postfix_str(f"Loss={value:.4f} Batch_id={i} Accuracy={100 * correct / seen:.2f}",
-                            refresh=False)
+        meter.update(i + 1, seen, loss_sum / seen, correct / seen, value)
     seconds = time.perf_counter() - start
-    bar.close()
+    meter.close()
     loss_sum, correct, seen = all_reduce_sums([loss_sum, correct, seen], device)
     return EpochResult(loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), seconds, steps)
 

@@ -82,10 +82,14 @@ class RangeTestResult:
         return d
 
     def save(self, run) -> None:
-        """Write `lr_finder.csv` and `lr_finder.json` into a `RunFolder`."""
+        """Write `lr_finder.csv`, `lr_finder.json` and the curve as TensorBoard events
+        (tensorboard/lr-find/) into a `RunFolder`."""
+        from .tracking import log_range_test
+
         run.write_csv("lr_finder.csv", self.rows(),
                       ["step", "lr", "loss", "smoothed_loss", "curve"])
         run.write_json("lr_finder.json", self.summary())
+        log_range_test(run, self.rows())
 
 
 def lr_schedule(start_lr: float, end_lr: float, num_steps: int, mode: str = "exp") -> np.ndarray:

@@ -7,6 +7,7 @@ Run folder (`<storage_path>/<name>/`), written by rank 0:
     config.json      resolved config, package version, git commit
     metrics.csv      a row per epoch
     lr_steps.csv     a row per optimizer step (step, epoch, lr, momentum)
+    tensorboard/     both as TensorBoard events, a file per epoch (tracking.py)
     predictions.npz  test labels, predictions, probabilities, misclassified images
     model.pt         final weights (a plain state_dict)
     summary.json     final/best accuracy, timings, throughput, workers, device
@@ -39,9 +40,11 @@ from .engine import (DivergenceError, describe_precision, evaluate, make_scaler,
 from .faults import ENV as FAULT_ENV
 from .faults import from_spec as fault_from_spec
 from .model import CustomResNet
+from .progress import interval_seconds
 from .resume import CHECKPOINT_FILE, DIVERGED_FILE, CheckpointError, read_state
 from .runs import RunFolder
 from .schedule import OneCycle
+from .tracking import TensorBoardLog
 from .transforms import eval_transform, train_transform
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
@@ -230,7 +233,8 @@ def train_loop_per_worker(config: dict) -> dict:
             res = train_epoch(
                 model, train_loader, optimizer, scheduler, loss_fn, scaler, device=device,
                 precision=precision, channels_last=cfg.channels_last, epoch=epoch,
-                first_step=(epoch - 1) * len(train_loader), progress=rank == 0,
+                epochs=cfg.epochs, first_step=(epoch - 1) * len(train_loader),
+                progress=rank == 0, progress_seconds=config.get("progress_seconds"),
                 before_step=fault and (lambda i: fault.maybe_fire(epoch, i, rank, bare)))
         except DivergenceError as e:  # no checkpoint for this epoch: the last one stays good
             kept = (f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else
@@ -299,6 +303,9 @@ def _record_epoch(run: RunFolder, cfg: TrainConfig, row: dict, history: list[dic
 
     run.write_csv("metrics.csv", history, METRIC_COLUMNS)
     run.write_csv("lr_steps.csv", steps, STEP_COLUMNS)
+    with TensorBoardLog(run) as tb:  # this epoch's file only: a resume never duplicates one
+        tb.log_steps(s for s in steps if s["epoch"] == row["epoch"])
+        tb.log_epoch(row)
     print(f"[raycifar] epoch {row['epoch']}/{cfg.epochs} lr {row['lr']:.4f} train loss "
           f"{row['train_loss']:.4f} acc {row['train_acc']:.4f} | test loss {row['test_loss']:.4f}"
           f" acc {row['test_acc']:.4f} | {row['epoch_seconds']:.0f}s "
@@ -389,7 +396,9 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": cfg.to_dict(), "meta": meta, "data": data,
-                           "fault": os.environ.get(FAULT_ENV)},
+                           "fault": os.environ.get(FAULT_ENV),
+                           # read (and checked) here: workers on a cluster have another env
+                           "progress_seconds": interval_seconds()},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage_path,

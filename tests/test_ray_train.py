@@ -38,6 +38,15 @@ def test_two_workers_train_write_the_run_folder_and_resume(tmp_path, ray_cluster
     assert lrs[0] == pytest.approx(0.005) and max(lrs) == pytest.approx(0.05)
     assert lrs[-1] == pytest.approx(0.005)
 
+    # TensorBoard: a file per epoch over both commands, each epoch and step once
+    from collections import Counter
+
+    from raycifar.tracking import read_run
+    tb = read_run(run)
+    assert sorted(s for t, s, _ in tb if t == "epoch/test_acc") == [1, 2, 3]
+    assert sorted(s for t, s, _ in tb if t == "step/lr") == list(range(3 * spe))
+    assert max(Counter((t, s) for t, s, _ in tb).values()) == 1
+
     assert summary["workers"] == 2 and summary["epochs"] == 3
     # the wall time covers both commands: never less than the training time it contains
     assert summary["commands"] == 2 and summary["wall_from_epoch"] == 1
