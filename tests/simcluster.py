@@ -181,7 +181,10 @@ class SimCluster:
                     "sim_node_0", cpus)
 
     def add_node(self, cpus: int = 2) -> None:
-        self._start(["--address", self.gcs], f"sim_node_{len(self.nodes)}", cpus)
+        # Each node its own temp dir, as on separate machines (a node takes the head's
+        # otherwise): nodes sharing one would each forward every worker's log lines.
+        name = f"sim_node_{len(self.nodes)}"
+        self._start(["--address", self.gcs, "--temp-dir", str(self.root / name)], name, cpus)
         self.wait_for_nodes(len(self.nodes))
 
     def alive_nodes(self) -> dict[str, str]:

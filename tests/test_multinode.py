@@ -10,7 +10,6 @@ worker process logs and refuses it), so a finished run proves they never read --
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -96,9 +95,6 @@ def test_train_without_address_joins_the_cluster_and_spans_both_nodes(cluster):
     assert [r["epoch"] for r in run.read_csv("metrics.csv", METRIC_COLUMNS)] == ["1", "2"]
     assert run.read_json("summary.json")["workers"] == 2
     assert_workers_never_opened_the_data(cluster)
-    with open(cluster.root / "placement.txt", "w") as f:  # for results/cluster-sim
-        f.writelines(f"rank {w['rank']}: {nodes[w['node_id']]} ({w['node_id'][:12]})\n"
-                     for w in placed)
 
 
 def test_a_local_storage_path_on_two_nodes_needs_shared_storage(cluster):
@@ -121,7 +117,7 @@ def test_job_submit_without_address_trains_and_writes_the_run_folder(cluster):
     # `python` may not be the interpreter that has this package and its dependencies.
     entrypoint = [sys.executable, "-m", "raycifar.train",
                   *tiny_args(cluster, storage, "job", "--num-workers", "2",
-                             "--cpus-per-worker", "1", "--shared-storage",
+                             "--cpus-per-worker", "2", "--shared-storage",
                              "--lr-max", "0.05", "--lr-min", "0.005")]
     submission_id = f"raycifar-job-{os.getpid()}-{int(time.time())}"
     # The repository is the working dir; Ray 2.60 leaves out .git and what .gitignore lists.
@@ -145,12 +141,12 @@ def test_job_submit_without_address_trains_and_writes_the_run_folder(cluster):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     config = run.read_json("config.json")
     assert config["world_size"] == 2 and config["config"]["name"] == "job"
+    assert {w["node_id"] for w in config["workers"]} == set(cluster.alive_nodes())
     assert config["steps_per_epoch"] == 5  # 72 images, 36 per worker in batches of 8
     assert len(run.read_csv("lr_steps.csv", required=STEP_COLUMNS)) == 2 * 5
     summary = run.read_json("summary.json")
     assert summary["epochs"] == 2 and summary["test_images"] == 3 * 8
     assert_workers_never_opened_the_data(cluster)
-    (cluster.root / "job.log").write_text(job_log)
 
 
 def test_lr_search_runs_the_range_test_and_the_search_on_the_cluster(cluster):
@@ -173,4 +169,3 @@ def test_lr_search_runs_the_range_test_and_the_search_on_the_cluster(cluster):
     assert run.exists("summary.json") and run.exists("lr_finder.csv")
     assert "No available node types can fulfill" not in out
     assert_workers_never_opened_the_data(cluster)
-    shutil.copy(storage / "searched" / "lr_search.csv", cluster.root / "lr_search.csv")
