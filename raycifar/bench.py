@@ -7,8 +7,8 @@ variants are interleaved within each repeat, so machine drift hits all alike; me
 ray, ray_2workers  raycifar's worker loop under Ray Train, 1 / 2 workers (global batch split):
     the images/s it records in metrics.csv; covers the steps incl. DDP and the per-step loss
     read-back, excludes evaluation, checkpoints and Ray's reporting between epochs.
-plain, plain_gpu_augment  a hand-written PyTorch loop in this process (no engine, no Ray), fed
-    by the albumentations DataLoader (--augment, --loader-workers) or by DeviceBatches.
+plain, plain_gpu_augment  raycifar's own training epoch (engine.py) in this process, no Ray,
+    fed by the albumentations DataLoader (--augment, --loader-workers) or by DeviceBatches.
 plain_compile, plain_contiguous, plain_bf16  `plain` with one option turned (on a GPU the
     augment=gpu loop instead: the albumentations loop waits for its loader there, which would
     hide the option's effect): the model under torch.compile (inductor), the NCHW layout
@@ -36,50 +36,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import shlex
-import statistics
 import sys
 import tempfile
 import time
 from typing import Callable, Optional
 
 import torch
-from torch import nn
 
-from .batch_augment import DeviceBatches
+from . import runs
 from .cli import add_config_arguments, add_debug_flag, config_from_args, run_cli
 from .config import ConfigError, TrainConfig
-from .connect import init_ray
-from .data import ArrayDataset, CifarArrays, load_arrays
-from .engine import AUTOCAST_DTYPES, resolve_precision
-from .model import CustomResNet
+from .connect import init_ray, resolve_use_gpu
+from .data import ArrayDataset, CifarArrays, TrainingData, load_arrays
+from .engine import Learner, build_model, seed_everything, train_batches, train_epoch
+from .logs import log
 from .runs import RunFolder
-from .schedule import OneCycle
+from .bench_figures import loader_verdict, machine_info, markdown, ratios, summarise
+from .runtime import Runtime, resolve_precision
 from .transforms import train_transform
 
-FIGURES = {  # key: (label, unit), in report order
-    "ray": ("Ray Train loop, 1 worker", "img/s"),
-    "ray_2workers": ("Ray Train loop, 2 workers", "img/s"),
-    "plain": ("plain PyTorch loop", "img/s"),
-    "plain_gpu_augment": ("plain loop, augment=gpu (DeviceBatches)", "img/s"),
-    "plain_compile": ("plain loop, torch.compile", "img/s"),
-    "plain_contiguous": ("plain loop, contiguous (NCHW) layout", "img/s"),
-    "plain_bf16": ("plain loop, bf16 autocast", "img/s"),
-    "compile_extra": ("torch.compile: first epoch's extra time", "s"),
-    "loader_worker": ("one albumentations loader worker, no model", "img/s"),
-    "first_step": ("fit() to first step, Ray 1 worker", "s"),
-    "command_to_first_step": ("process start to first step of the first Ray run", "s"),
-    "gpu_peak_plain": ("GPU peak allocated, plain loop", "MiB"),
-    "gpu_peak_plain_gpu_augment": ("GPU peak allocated, plain loop augment=gpu", "MiB"),
-    "gpu_peak_plain_compile": ("GPU peak allocated, plain loop torch.compile", "MiB"),
-    "gpu_peak_plain_contiguous": ("GPU peak allocated, plain loop contiguous", "MiB"),
-    "gpu_peak_plain_bf16": ("GPU peak allocated, plain loop bf16", "MiB"),
-    "host_peak_rss_self": ("host peak RSS, bench process", "MiB"),
-    "host_peak_rss_children": ("host peak RSS, largest finished child process", "MiB"),
-}
 Measure = Callable[[], dict]
 
 
@@ -111,63 +89,31 @@ def _warm_rate(epoch: Callable[[], int]) -> tuple[float, float]:
     return images / warm, first - warm
 
 
-def _batches(cfg: TrainConfig, arrays: CifarArrays, device: torch.device):
-    mean, std = arrays.mean_std()
-    if cfg.augment == "gpu":
-        return DeviceBatches(arrays.x_train, arrays.y_train, cfg.batch_size, mean, std, device,
-                             cfg.seed, channels_last=cfg.channels_last)
-    return torch.utils.data.DataLoader(
-        ArrayDataset(arrays.x_train, arrays.y_train, train_transform(mean, std)),
-        batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.loader_workers,
-        pin_memory=device.type == "cuda")
-
-
 def plain_loop(cfg: TrainConfig, arrays: CifarArrays) -> tuple[float, float, Optional[float]]:
-    """A hand-written loop, no raycifar engine, no Ray (under torch.compile if `cfg.compile`):
-    (images/s, first epoch's extra seconds, GPU peak MiB or None)."""
+    """raycifar's own training epoch (engine.py: the same setup, step and epoch as the worker
+    loop) in this process, without Ray, under torch.compile if `cfg.compile`: (images/s, first
+    epoch's extra seconds, GPU peak MiB or None)."""
     device = _device(cfg)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
         torch.set_num_threads(cfg.cpus_per_worker)
-    torch.manual_seed(cfg.seed)
-    precision = resolve_precision(cfg.precision, device)
-    dtype = AUTOCAST_DTYPES.get(precision)
-    batches = _batches(cfg, arrays, device)
-    model = CustomResNet(len(arrays.classes), cfg.logit_scale).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr_min, momentum=cfg.momentum,
-                          nesterov=True, weight_decay=cfg.weight_decay)
-    sched = OneCycle(cfg.lr_min, cfg.lr_max, 2, 1, len(batches)).build(opt)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    seed_everything(cfg.seed)
+    rt = Runtime.on(device, cfg.precision, cfg.channels_last)
+    data = TrainingData.of(arrays)
+    batches = train_batches(cfg, data, rt)
+    model = build_model(cfg, len(arrays.classes), rt)
     net = torch.compile(model) if cfg.compile else model
+    learner = Learner.build(cfg.replace(epochs=2, peak_epoch=1), net, len(batches), rt)
 
     def epoch() -> int:
-        seen = 0
-        for x, y in batches:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                out = net(x)
-                loss = loss_fn(out, y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            loss.item()  # the Ray loop reads the loss and the accuracy every step too
-            int((out.argmax(1) == y).sum())
-            seen += len(y)
-        return seen
+        return train_epoch(learner, batches).images
 
     rate, extra = _warm_rate(epoch)
     if device.type != "cuda":
         return rate, extra, None
     peak = torch.cuda.max_memory_allocated(device) / 2**20
-    model = net = opt = batches = None  # drop the references, then the cached blocks
+    model = net = learner = batches = None  # drop the references, then the cached blocks
     torch.cuda.empty_cache()  # leave the GPU to the Ray workers
     return rate, extra, peak
 
@@ -183,16 +129,16 @@ def loader_images_per_second(cfg: TrainConfig, arrays: CifarArrays) -> float:
 
 def ray_run(cfg: TrainConfig, key: str, use_gpu: bool) -> dict:
     """One 2-epoch fit: the warm epoch's images/s, fit()-to-first-step s, and when that was."""
-    from .train import fit
+    from .trainer import fit
 
     with tempfile.TemporaryDirectory() as d:
         run_cfg = cfg.replace(storage_path=d, name="bench", epochs=2, peak_epoch=1,
                               stop_after_epoch=0, max_failures=0)
         launched = time.time()
         fit(run_cfg, use_gpu)
-        rows = RunFolder(run_cfg.run_dir).read_csv("metrics.csv", ["images_per_second"])
+        rows = RunFolder(run_cfg.run_dir).read_csv(runs.METRICS, ["images_per_second"])
         # rank 0 writes config.json right before its epoch loop asks for the first batch
-        ready = os.path.getmtime(os.path.join(run_cfg.run_dir, "config.json"))
+        ready = os.path.getmtime(os.path.join(run_cfg.run_dir, runs.CONFIG))
     out = {key: float(rows[-1]["images_per_second"]), "ready_at": ready}
     if key == "ray":
         out["first_step"] = ready - launched
@@ -303,105 +249,9 @@ def run_repeats(steps: list[Measure], repeats: int, started: float) -> dict[str,
                     values.setdefault("command_to_first_step", [v - started])
                 elif v is not None:
                     values.setdefault(key, []).append(v)
-        print(f"repeat {r + 1}/{repeats}: " + ", ".join(
-            f"{k} {v[-1]:.1f}" for k, v in values.items()), flush=True)
+        log.info(f"repeat {r + 1}/{repeats}: " + ", ".join(
+            f"{k} {v[-1]:.1f}" for k, v in values.items()))
     return values
-
-
-def summarise(values: dict[str, list[float]]) -> dict[str, dict]:
-    """Median and per-repeat values of each figure, in report order."""
-    return {k: {"label": FIGURES[k][0], "unit": FIGURES[k][1], "values": list(values[k]),
-                "median": statistics.median(values[k])} for k in FIGURES if values.get(k)}
-
-
-def ratios(figures: dict[str, dict], loader_workers: int,
-           options_base: str = "plain") -> dict[str, dict]:
-    """Ratios of medians; those whose figures are missing are left out. The option variants
-    are set against `options_base`, the loop they turned (see `options_on`)."""
-    med = {k: f["median"] for k, f in figures.items()}
-    on = "plain" if options_base == "plain" else "plain augment=gpu"
-    spec = [("ray_over_plain", "Ray 1 worker / plain loop", "ray", "plain", 1),
-            ("ray2_over_ray1", "Ray 2 workers / Ray 1 worker", "ray_2workers", "ray", 1),
-            ("gpu_augment_over_plain", "plain augment=gpu / plain", "plain_gpu_augment",
-             "plain", 1),
-            ("compile_over_plain", f"{on} torch.compile / {on}", "plain_compile",
-             options_base, 1),
-            ("contiguous_over_plain", f"{on} contiguous / {on}", "plain_contiguous",
-             options_base, 1),
-            ("bf16_over_plain", f"{on} bf16 / {on}", "plain_bf16", options_base, 1),
-            ("loader_worker_over_plain", "one loader worker / plain loop's step rate",
-             "loader_worker", "plain", 1),
-            ("loader_workers_over_plain", f"{loader_workers} loader workers / plain loop's step "
-             "rate", "loader_worker", "plain", loader_workers),
-            ("loader_workers_over_unfed", f"{loader_workers} loader workers / augment=gpu loop's "
-             "step rate (< 1: the loader holds the model back)", "loader_worker",
-             "plain_gpu_augment", loader_workers)]
-    return {key: {"label": label, "value": n * med[a] / med[b]}
-            for key, label, a, b, n in spec if a in med and med.get(b)}
-
-
-def loader_verdict(figures: dict[str, dict], loaders: int, unfed: str = "plain_gpu_augment"
-                   ) -> tuple[Optional[bool], Optional[str]]:
-    """Whether `loaders` albumentations workers keep the model fed, and a note saying so.
-
-    The yardstick is `unfed`, the loop fed by DeviceBatches (`plain` itself under --augment
-    gpu): the model's step rate with no loader to wait for. The albumentations-fed plain loop's
-    rate already includes waiting for its loader (on a fast GPU it is the loader's rate, and
-    comparing the loader with it proves nothing); it is the fallback."""
-    med = {k: f["median"] for k, f in figures.items()}
-    one = med.get("loader_worker")
-    if not one:
-        return None, None
-    if med.get(unfed):
-        keeps_up = loaders * one > med[unfed]
-        return keeps_up, (
-            f"{loaders} albumentations loader workers deliver {loaders * one / med[unfed]:.2f}x "
-            "what the model consumes when no loader holds it back (the augment=gpu loop's rate): "
-            + ("the loader is not the bottleneck" if keeps_up else
-               f"the loader IS the bottleneck; about {math.ceil(med[unfed] / one)} workers, or "
-               "--augment gpu, would keep the model fed"))
-    if med.get("plain"):
-        keeps_up = loaders * one > med["plain"]
-        return keeps_up, (
-            f"{loaders} albumentations loader workers deliver {'more' if keeps_up else 'less'} "
-            "than the plain loop consumes (whose rate includes its own loading; measure "
-            "plain_gpu_augment too for the model's rate without it)")
-    return None, None
-
-
-def machine_info(precision: str) -> dict:
-    import ray
-
-    cpu, ram = "unknown CPU", 0.0
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-        with open("/proc/meminfo") as f:
-            ram = next(int(l.split()[1]) for l in f if l.startswith("MemTotal")) / 2**20
-    except (OSError, StopIteration, ValueError):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(ram, 1), "gpu": gpu,
-            "torch": torch.__version__, "ray": ray.__version__, "precision": precision}
-
-
-def markdown(result: dict) -> str:
-    m = result["machine"]
-    lines = ["# raycifar benchmark", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, GPU: "
-             f"{m['gpu'] or 'none'}; torch {m['torch']}, ray {m['ray']}; precision "
-             f"{m['precision']}; batch {result['batch_size']}, {result['subset'] or 'all'} "
-             f"training images, median of {result['repeats']} repeat(s).", "",
-             f"Command: `{result['command']}`", "",
-             "| figure | unit | median | per repeat |", "|---|---|---|---|"]
-    for f in result["figures"].values():
-        lines.append(f"| {f['label']} | {f['unit']} | {f['median']:.1f} | "
-                     + ", ".join(f"{v:.1f}" for v in f["values"]) + " |")
-    lines += ["", "| ratio of medians | value |", "|---|---|"]
-    lines += [f"| {r['label']} | {r['value']:.2f} |" for r in result["ratios"].values()]
-    lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
-    lines += ["", "What each figure covers and excludes: `python -m raycifar.bench --help`.", ""]
-    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -434,7 +284,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     import ray
 
     cluster = ray.cluster_resources()
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster.get("GPU", 0) > 0
+    use_gpu = resolve_use_gpu(cfg.use_gpu)
     steps, notes = plan(cfg, arrays, use_gpu, cluster, only)
     values = run_repeats(steps, args.repeats, started)
     values.update({k: [v] for k, v in host_peak_rss().items()})
@@ -451,16 +301,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
               "command": shlex.join(["python", "-m", "raycifar.bench", *argv]),
               "figures": figures, "ratios": rat, "loader_keeps_up": keeps_up, "notes": notes,
               "options_on": on,
-              # the fields of the first version of this file (results/bench-cpu.json)
-              **({"plain": values["plain"], "ray": values["ray"],
-                  "plain_median": figures["plain"]["median"],
-                  "ray_median": figures["ray"]["median"],
-                  "ratio": figures["ray"]["median"] / figures["plain"]["median"]}
-                 if "ray" in figures and "plain" in figures else {}),
               "precision": precision, "batch_size": cfg.batch_size, "subset": cfg.subset,
               "threads": cfg.cpus_per_worker, "loader_workers": cfg.loader_workers}
     text = markdown(result)
-    print(text, flush=True)
+    log.info(f"bench done:\n{text}")
     with open(args.out, "w") as f:
         f.write(text)
     if args.json:

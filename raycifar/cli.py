@@ -106,7 +106,10 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
             argv: Optional[list[str]] = None) -> int:
     """Parse, run, and turn user-fixable errors into one line on stderr and exit code 2."""
+    from .logs import setup
+
     args = parser.parse_args(argv)
+    setup()
     try:
         return main(args)
     except RaycifarError as e:

@@ -87,7 +87,9 @@ def check_placement(cfg, nodes: Iterable[Mapping[str, Any]], use_gpu: bool,
            f"for {room}; lower --num-workers or --cpus-per-worker")
     if local:
         raise RaycifarError(msg)
-    print(f"[raycifar] warning: {msg} (waiting for the autoscaler)", flush=True)
+    from .logs import log
+
+    log.warning(f"{msg} (waiting for the autoscaler)")
     return room
 
 
@@ -132,17 +134,10 @@ def describe(nodes: Iterable[Mapping[str, Any]]) -> str:
 
 def user_error(exc: BaseException):
     """The RaycifarError behind a failed Ray run (worker or trial), if that is what failed it."""
-    seen, todo = set(), [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    from .ray_compat import nested_errors
+
+    for e in nested_errors(exc):
         if isinstance(e, RaycifarError):
-            # Ray re-raises a task's X as a RayTaskError subclass of X whose message is the
-            # remote traceback; its `cause` is the plain X, whose message is one line
-            cause = getattr(e, "cause", None)
+            cause = getattr(e, "cause", None)  # the plain error, whose message is one line
             return cause if isinstance(cause, RaycifarError) else e
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-        todo += list(getattr(e, "worker_failures", {}).values())
     return None

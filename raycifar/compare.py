@@ -21,7 +21,8 @@ from typing import Optional
 
 import numpy as np
 
-from .report import METRICS, existing_run, read_columns, read_optional
+from . import runs
+from .report import existing_run, read_columns, read_optional
 from .runs import RunFolderError
 
 
@@ -46,11 +47,11 @@ class Run:
 
 def load(uri: str) -> Run:
     run = existing_run(uri)
-    metrics = read_columns(run, "metrics.csv", METRICS)
-    summary = read_optional(run, "summary.json", lambda: run.read_json("summary.json"))
+    metrics = read_columns(run, runs.METRICS, runs.METRIC_COLUMNS)
+    summary = read_optional(run, runs.SUMMARY, lambda: run.read_json(runs.SUMMARY))
     labels = preds = None
-    if run.exists("predictions.npz"):
-        z = run.read_npz("predictions.npz")
+    if run.exists(runs.PREDICTIONS):
+        z = run.read_npz(runs.PREDICTIONS)
         if "labels" not in z or "preds" not in z or z["labels"].shape != z["preds"].shape:
             raise RunFolderError(f"{uri}/predictions.npz is malformed: needs 'labels' and "
                                  "'preds' of one shape")

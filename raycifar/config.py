@@ -157,3 +157,112 @@ def _validate(c: TrainConfig) -> list[str]:
     need(bool(c.name) and "/" not in c.name,
          f"name={c.name!r} must be a non-empty folder name without '/'")
     return p
+
+
+# ----------------------------------------------------------------------------- finding the LRs
+
+LRMAX_METHODS = ("steepest", "valley", "minimum")
+LRMIN_RULES = ("div", "onset")
+SWEEP_MODES = ("exp", "linear")
+
+
+@dataclass(frozen=True)
+class RangeTestConfig:
+    """The LR range test: the sweep (what it costs) and how LRMAX and LRMIN are read off it
+    (cheap to change: a kept sweep is read again, not swept again)."""
+
+    start_lr: float = 1e-4                # first LR of the sweep
+    end_lr: float = 10.0                  # last LR of the sweep
+    num_steps: int = 100                  # batches of the training batch size
+    mode: str = "exp"                     # exp | linear rise
+    method: str = "minimum"               # LRMAX: minimum | steepest | valley (lr_finder.py)
+    lr_min_rule: str = "onset"            # LRMIN: onset (where the loss starts to fall) | div
+    lr_min_div: float = 10.0              # LRMIN = LRMAX / this under the `div` rule
+
+    def __post_init__(self) -> None:
+        p = []
+        if not 0 < self.start_lr < self.end_lr:
+            p.append(f"start_lr={self.start_lr}, end_lr={self.end_lr}: need 0 < start_lr < "
+                     "end_lr; check --start-lr/--end-lr")
+        if self.num_steps < 3:
+            p.append(f"num_steps={self.num_steps} must be >= 3; raise --num-steps")
+        for name, value, allowed in (("mode", self.mode, SWEEP_MODES),
+                                     ("method", self.method, LRMAX_METHODS),
+                                     ("lr_min_rule", self.lr_min_rule, LRMIN_RULES)):
+            if value not in allowed:
+                p.append(f"{name}={value!r} is not one of {allowed}")
+        if self.lr_min_div <= 1:
+            p.append(f"lr_min_div={self.lr_min_div} must be > 1; raise --lr-min-div")
+        if p:
+            raise ConfigError(p)
+
+    SWEEP = ("start_lr", "end_lr", "num_steps", "mode")  # what a kept sweep must match
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The ASHA search of LRMAX around the range test's suggestion."""
+
+    candidates: int = 4                   # LRMAX values on a log grid, x1/span .. x span
+    epochs: int = 4                       # One Cycle epochs per candidate
+    holdout: int = 5000                   # training images held out to rank the candidates
+    max_concurrent: Optional[int] = None  # trials at once; None: what the cluster can place
+    span: float = 4.0
+
+    def __post_init__(self) -> None:
+        p = []
+        if self.candidates < 1:
+            p.append(f"candidates={self.candidates} must be >= 1; raise --candidates")
+        if self.epochs < 2:
+            p.append(f"--search-epochs {self.epochs}: each candidate needs >= 2 epochs, so its "
+                     "LR can rise to the peak and fall after it")
+        if self.holdout < 1:
+            p.append(f"holdout={self.holdout} must be >= 1; raise --holdout")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            p.append(f"--max-concurrent {self.max_concurrent} must be >= 1 (leave it out to "
+                     "run as many trials as the cluster can place)")
+        if p:
+            raise ConfigError(p)
+
+
+LR_SOURCES = ("flags", "range-test", "search", "earlier-run", "resumed")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """LRMAX and LRMIN and where they came from; config.json keeps it as `lr_source`.
+
+    `source` is one of LR_SOURCES; `where` the file that holds the evidence (lr_finder.json,
+    best.json, an earlier run's file, the resumed run's config.json); `method` how they were
+    read (minimum, asha-search, ...); for a resumed run `found_by` is the source it had.
+    """
+
+    lr_max: float
+    lr_min: float
+    source: str
+    where: str = ""
+    method: Optional[str] = None
+    found_by: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.source not in LR_SOURCES:
+            raise ConfigError([f"source={self.source!r} is not one of {LR_SOURCES}"])
+
+    def describe(self) -> str:
+        said = {"flags": "flags --lr-max/--lr-min", "range-test": "range test",
+                "search": "ASHA search", "earlier-run": "an earlier run",
+                "resumed": "the run being resumed"}[self.source]
+        how = ", ".join(x for x in (self.method, self.where) if x)
+        found = f"; found by {self.found_by}" if self.found_by else ""
+        return f"{said} ({how}{found})" if how or found else said
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Finding":
+        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)
+                      if f.name in d})

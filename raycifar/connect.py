@@ -83,6 +83,13 @@ def init_ray(address: Optional[str]) -> bool:
     _sigterm_like_ctrl_c()
     return bool(target)
 
+def nodes() -> list[dict]:
+    """`ray.nodes()` of the joined cluster (dead nodes linger in it; see cluster.alive_nodes)."""
+    import ray
+
+    return ray.nodes()
+
+
 def resolve_use_gpu(use_gpu: Optional[bool]) -> bool:
     """`--use-gpu`/`--no-use-gpu` as given; unset: whether the joined cluster has GPUs now."""
     import ray

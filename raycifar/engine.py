@@ -1,106 +1,38 @@
-"""Plain PyTorch: one training epoch, evaluation and predictions. No Ray in here.
+"""Plain PyTorch: build what trains (model, loaders, optimizer), one step, one epoch,
+evaluation and predictions. No Ray in here.
 
+The worker loop (trainer.py), the range test (trials.py) and the bench all build their model
+and training batches with `build_model` and `train_batches`, and train with `Learner.step`.
 Both loops accept a model wrapped in DDP or not; `all_reduce_sums` combines per-rank sums when
 a torch.distributed process group exists (Ray Train sets one up), and is a no-op otherwise.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from .config import RaycifarError
-from .progress import EpochProgress
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from .batch_augment import DeviceBatches
+from .config import RaycifarError, TrainConfig
+from .data import ArrayDataset, TrainingData
+from .model import CustomResNet
+from .progress import EpochProgress
+from .runtime import Runtime
+from .schedule import OneCycle
+from .transforms import eval_transform, train_transform
 
 
 class DivergenceError(RaycifarError):
     """The training loss became NaN or infinite."""
-
-
-# CPU feature flags that mean bf16 runs in hardware: x86 AVX512_BF16 (Cooper Lake, Sapphire
-# Rapids and later, AMD Zen 4 and later) or AMX-BF16 (Sapphire Rapids and later), read from Linux's
-# /proc/cpuinfo `flags`; aarch64 BF16 (Armv8.6 BFDOT/BFMMLA: Graviton3, Neoverse V1/N2), `Features`.
-NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
-
-
-def cpu_auto_precision(flags: Optional[frozenset[str]]) -> tuple[str, str]:
-    """What `auto` means on a CPU with these feature flags (None: unreadable), and why.
-
-    bf16 only where the hardware does it natively, fp32 everywhere else. oneDNN runs bf16 on any
-    AVX-512 CPU (and torch.ops.mkldnn._is_mkldnn_bf16_supported() says True there), but without
-    AVX512_BF16 or AMX it emulates it: on a 2-core Xeon with avx512f/bw/vnni and neither, this
-    model's forward+backward+step at batch 128 ran at 27.7/30.0 images/s in bf16 autocast against
-    77.0/70.3 in fp32 (2.5x slower, issue 23); on an AVX2-only EPYC, 2.5 against 42 (~20x).
-    With AMX (a 2-vCPU Sapphire Rapids-class Xeon, batch 64) bf16 ran 2.8x faster: 352 vs 126.
-    Flags that cannot be read (no /proc/cpuinfo: macOS, Windows) give fp32, the safe choice.
-    """
-    if flags is None:
-        return "fp32", ("this CPU's feature flags cannot be read (no /proc/cpuinfo), so fp32, "
-                        "the safe choice; --precision bf16 forces bf16")
-    native = next((f for f in NATIVE_BF16_FLAGS if f in flags), None)
-    if native:
-        return "bf16", f"this CPU does bf16 natively ({native} flag)"
-    return "fp32", ("this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag on x86, no bf16 "
-                    "on aarch64), bf16 would be emulated (2.5-20x slower than fp32)")
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_flags(path: str = "/proc/cpuinfo") -> Optional[frozenset[str]]:
-    """This CPU's feature flags: the first `flags` (x86) or `Features` (aarch64) line of Linux's
-    /proc/cpuinfo; None where there is no such file or line. Read once per path (cached)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, sep, value = line.partition(":")
-                if sep and key.strip().lower() in ("flags", "features"):
-                    return frozenset(value.split())
-    except OSError:
-        pass
-    return None
-
-
-def _auto(device: torch.device) -> tuple[str, str]:
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "this GPU supports bf16"
-        return "fp16", "this GPU has no bf16, so fp16 (with loss scaling)"
-    return cpu_auto_precision(cpu_flags())
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """What `auto` means on this device: bf16 on GPUs that have it (else fp16); on CPUs, bf16
-    only with native bf16 units, fp32 elsewhere (see cpu_auto_precision for the figures)."""
-    return _auto(device)[0] if precision == "auto" else precision
-
-
-def describe_precision(requested: str, device: torch.device) -> str:
-    """One line saying which precision `requested` gives on this device and why, e.g.
-    "precision auto -> fp32: this CPU has no native bf16 (...)"."""
-    if requested != "auto":
-        return f"precision {requested}: set explicitly (not auto)"
-    chosen, why = _auto(device)
-    return f"precision auto -> {chosen}: {why}"
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision])
-
-
-def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
-    # Only fp16 needs loss scaling; a disabled scaler passes calls straight through.
-    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 @dataclass
@@ -119,10 +51,112 @@ class EpochResult:
     seconds: float
     steps: list[Step] = field(default_factory=list)
 
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else 0.0
 
+# ----------------------------------------------------------------------------- building
+
+def build_model(cfg: TrainConfig, num_classes: int, rt: Runtime) -> nn.Module:
+    """The network for `cfg`, on the runtime's device and in its memory layout."""
+    return rt.place(CustomResNet(num_classes, cfg.logit_scale))
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (or AdamW), starting at LRMIN as the cycle does."""
+    if cfg.optimizer == "adam":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr_min, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr_min, momentum=cfg.momentum,
+                           nesterov=True, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class Learner:
+    """What one optimizer step needs: the (maybe DDP-wrapped) model, optimizer, One Cycle
+    scheduler stepped per batch, loss scaler and loss, on a runtime."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: Callable
+    rt: Runtime
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, model: nn.Module, steps_per_epoch: int,
+              rt: Runtime) -> "Learner":
+        optimizer = make_optimizer(cfg, model)
+        cycle = OneCycle(cfg.lr_min, cfg.lr_max, cfg.epochs, cfg.peak_epoch, steps_per_epoch)
+        return cls(model, optimizer, cycle.build(optimizer, cfg.cycle_momentum), rt.scaler(),
+                   nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), rt)
+
+    @property
+    def bare(self) -> nn.Module:
+        return unwrap(self.model)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch already on the device; (loss, logits)."""
+        with self.rt.autocast():
+            out = self.model(x)
+            loss = self.loss_fn(out, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss, out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seed_loader_worker(worker_id: int) -> None:
+    # Each loader process gets a distinct, reproducible seed from torch's per-worker seed.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def train_batches(cfg: TrainConfig, data: TrainingData, rt: Runtime, rank: int = 0,
+                  world: int = 1, generator: Optional[torch.Generator] = None,
+                  drop_last: bool = False):
+    """This rank's training batches, shuffled by `cfg.seed`.
+
+    `augment=gpu`: `DeviceBatches`, the data on the device, augmented batch-wise there.
+    Otherwise albumentations per image in `cfg.loader_workers` processes. Its sampler is ours:
+    the one Ray's prepare_data_loader would add shuffles with seed 0 whatever --seed says. One
+    worker keeps torch's RandomSampler, driven by `generator`. The range test drops the last,
+    partial batch (`drop_last`): every step of its sweep sees a full batch.
+    """
+    a = data.arrays
+    if cfg.augment == "gpu":
+        return DeviceBatches(a.x_train, a.y_train, cfg.batch_size // world, data.mean, data.std,
+                             rt.device, cfg.seed, rank, world, channels_last=rt.channels_last)
+    dataset = ArrayDataset(a.x_train, a.y_train, train_transform(data.mean, data.std))
+    sampler = (torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank,
+                                                   shuffle=True, seed=cfg.seed)
+               if world > 1 else None)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size // world, shuffle=sampler is None, sampler=sampler,
+        num_workers=cfg.loader_workers, worker_init_fn=_seed_loader_worker,
+        generator=generator, pin_memory=rt.device.type == "cuda", drop_last=drop_last)
+
+
+def test_batches(data: TrainingData, rank: int = 0, world: int = 1,
+                 batch_size: int = 512) -> tuple[torch.utils.data.DataLoader, np.ndarray]:
+    """This rank's slice of the test set (every world-th image) and the slice's indices;
+    evaluate() all-reduces the sums, finish gathers the predictions by index."""
+    idx = np.arange(rank, len(data.arrays.y_test), world)
+    dataset = ArrayDataset(data.arrays.x_test[idx], data.arrays.y_test[idx],
+                           eval_transform(data.mean, data.std))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0), idx
+
+
+# ----------------------------------------------------------------------------- running
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The network inside DDP's and torch.compile's wrappers: plain state_dict keys."""
@@ -137,13 +171,6 @@ def _momentum(group: dict) -> float:
     return float(group["betas"][0] if "betas" in group else group.get("momentum", 0.0))
 
 
-def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
-    x = x.to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
-
-
 def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
     """Sum per-rank figures over all ranks (identity without a process group)."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -153,47 +180,32 @@ def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                scheduler, loss_fn: Callable, scaler: torch.amp.GradScaler, *,
-                device: torch.device, precision: str = "fp32", channels_last: bool = False,
-                epoch: int = 1, epochs: Optional[int] = None, first_step: int = 0,
-                progress: bool = False, progress_seconds: Optional[float] = None,
-                max_steps: Optional[int] = None,
+def train_epoch(learner: Learner, loader: Iterable, *, epoch: int = 1,
+                epochs: Optional[int] = None, first_step: int = 0, progress: bool = False,
+                progress_seconds: Optional[float] = None,
                 before_step: Optional[Callable[[int], None]] = None) -> EpochResult:
-    """Train one epoch, stepping `scheduler` per batch; returns this rank's figures.
+    """Train one epoch, stepping the scheduler per batch; returns this rank's figures.
 
     `progress` shows this epoch's progress (rank 0 asks for it; see progress.py): a tqdm bar
     when stdout is a terminal, else a plain line every `progress_seconds` (default:
     $RAYCIFAR_PROGRESS_SECONDS, else 30) and at the end. `epochs` (the run's total) only labels
     it. `before_step(i)` runs before step i of the epoch (fault injection uses it).
     """
-    model.train()
+    learner.model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     steps: list[Step] = []
     total = len(loader) if hasattr(loader, "__len__") else None
-    if total is not None and max_steps is not None:
-        total = min(total, max_steps)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     meter = EpochProgress(total, epoch=epoch, epochs=epochs, enabled=progress,
                           interval=progress_seconds, world=world)
     start = time.perf_counter()
     for i, (x, y) in enumerate(loader):
-        if max_steps is not None and i >= max_steps:
-            break
         if before_step is not None:
             before_step(i)
-        x, y = _to_device(x, y, device, channels_last)
-        group = optimizer.param_groups[0]
+        x, y = learner.rt.batch(x, y)
+        group = learner.optimizer.param_groups[0]
         steps.append(Step(first_step + i, epoch, float(group["lr"]), _momentum(group)))
-        with autocast(precision, device):
-            out = model(x)
-            loss = loss_fn(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-
+        loss, out = learner.step(x, y)
         value = loss.item()
         if not math.isfinite(value):
             raise DivergenceError(
@@ -206,40 +218,37 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
         meter.update(i + 1, seen, loss_sum / seen, correct / seen, value)
     seconds = time.perf_counter() - start
     meter.close()
-    loss_sum, correct, seen = all_reduce_sums([loss_sum, correct, seen], device)
+    loss_sum, correct, seen = all_reduce_sums([loss_sum, correct, seen], learner.rt.device)
     return EpochResult(loss_sum / max(seen, 1), correct / max(seen, 1), int(seen), seconds, steps)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Iterable, *, device: torch.device, precision: str = "fp32",
-            channels_last: bool = False, tta: bool = False):
+def predict(model: nn.Module, loader: Iterable, rt: Runtime, tta: bool = False):
     """Logits of each batch (plain, and averaged with the mirror image when `tta`), labels."""
     model.eval()
     plain, averaged, labels = [], [], []
     for x, y in loader:
-        x, y = _to_device(x, y, device, channels_last)
-        with autocast(precision, device):
+        x, y = rt.batch(x, y)
+        with rt.autocast():
             out = model(x).float()
             avg = (out + model(torch.flip(x, dims=[3])).float()) / 2 if tta else out
         plain.append(out)
         averaged.append(avg)
         labels.append(y)
     if not labels:
-        empty = torch.empty(0, device=device)
+        empty = torch.empty(0, device=rt.device)
         return empty, empty, empty.long()
     return torch.cat(plain), torch.cat(averaged), torch.cat(labels)
 
 
-def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device,
-             precision: str = "fp32", channels_last: bool = False, tta: bool = False) -> dict:
+def evaluate(model: nn.Module, loader: Iterable, rt: Runtime, tta: bool = False) -> dict:
     """Test loss (plain cross-entropy) and accuracy over all ranks, plus this rank's outputs."""
-    plain, averaged, labels = predict(model, loader, device=device, precision=precision,
-                                      channels_last=channels_last, tta=tta)
+    plain, averaged, labels = predict(model, loader, rt, tta)
     loss_sum = float(F.cross_entropy(averaged, labels, reduction="sum")) if labels.numel() else 0.0
     correct = int((averaged.argmax(1) == labels).sum())
     correct_plain = int((plain.argmax(1) == labels).sum())
     loss_sum, correct, correct_plain, n = all_reduce_sums(
-        [loss_sum, correct, correct_plain, labels.numel()], device)
+        [loss_sum, correct, correct_plain, labels.numel()], rt.device)
     n = max(n, 1)
     return {"loss": loss_sum / n, "accuracy": correct / n, "accuracy_plain": correct_plain / n,
             "count": int(n), "probs": torch.softmax(averaged, 1), "labels": labels}

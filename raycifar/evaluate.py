@@ -29,9 +29,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from . import runs
 from .config import RaycifarError, TrainConfig
 from .data import ArrayDataset, CifarArrays, load_arrays, resolve_format
 from .engine import evaluate as evaluate_model
+from .logs import log
+from .runtime import Runtime
 from .model import CustomResNet
 from .runs import RunFolder, RunFolderError
 from .transforms import eval_transform
@@ -54,6 +57,10 @@ class TrainedRun:
     device: torch.device
     precision: str        # autocast precision used here (see `load_trained`)
 
+    @property
+    def rt(self) -> Runtime:
+        return Runtime(self.device, self.precision, self.cfg.channels_last)
+
 
 def pick_device(use_gpu: Optional[bool]) -> torch.device:
     """CUDA when asked (or, with None, when there is one); the CPU otherwise."""
@@ -69,13 +76,13 @@ def load_trained(uri: str, device: torch.device) -> TrainedRun:
     run = RunFolder(uri)
     if not run.exists():
         raise RunFolderError(f"{uri} does not exist; pass a run folder (<storage_path>/<name>)")
-    if not run.exists("config.json"):
+    if not run.exists(runs.CONFIG):
         raise RunFolderError(f"{uri} has no config.json: not a run folder; pass "
                              "<storage_path>/<name> of a finished run")
-    if not run.exists("model.pt"):
+    if not run.exists(runs.MODEL):
         raise RunFolderError(f"{uri} has no model.pt: the run has not finished (training "
                              "writes it after the last epoch); finish it or pass another run")
-    meta = run.read_json("config.json")
+    meta = run.read_json(runs.CONFIG)
     missing = [k for k in ("config", "mean", "std", "classes", "precision")
                if not isinstance(meta, dict) or k not in meta]
     if missing:
@@ -85,7 +92,7 @@ def load_trained(uri: str, device: torch.device) -> TrainedRun:
     cfg = TrainConfig.from_dict({k: v for k, v in meta["config"].items() if k in known})
     classes = [str(c) for c in meta["classes"]]
     try:
-        weights = torch.load(io.BytesIO(run.read_bytes("model.pt")), map_location="cpu",
+        weights = torch.load(io.BytesIO(run.read_bytes(runs.MODEL)), map_location="cpu",
                              weights_only=True)
         model = CustomResNet(len(classes), cfg.logit_scale)
         model.load_state_dict(weights)
@@ -143,9 +150,7 @@ def run_evaluation(trained: TrainedRun, cfg: TrainConfig, tta: bool,
     check_classes(trained, arrays, source)
     ds = ArrayDataset(arrays.x_test, arrays.y_test, eval_transform(trained.mean, trained.std))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0)
-    ev = evaluate_model(trained.model, loader, device=trained.device,
-                        precision=trained.precision, channels_last=trained.cfg.channels_last,
-                        tta=tta)
+    ev = evaluate_model(trained.model, loader, trained.rt, tta)
     probs = ev["probs"].float().cpu().numpy()
     labels = ev["labels"].cpu().numpy().astype(np.int64)
     preds = probs.argmax(1)
@@ -174,7 +179,7 @@ def main(args: argparse.Namespace) -> int:
     tta = trained.cfg.tta if args.tta is None else args.tta
     figures, predictions = run_evaluation(trained, cfg, tta, args.batch_size)
     run = RunFolder(args.run)
-    summary = run.read_json("summary.json") if run.exists("summary.json") else {}
+    summary = run.read_json(runs.SUMMARY) if run.exists(runs.SUMMARY) else {}
     name = args.name or ("test" if own else Path(cfg.data_dir).name if cfg.data_dir
                          else "cifar10")
     figures.update(run=args.run, name=name, own_data=own,
@@ -186,14 +191,14 @@ def main(args: argparse.Namespace) -> int:
     subset = f", subset {cfg.subset} seed {cfg.seed}" if cfg.subset else ""
     accuracy = (f"{figures['accuracy']:.4f} with flip TTA, {figures['accuracy_plain']:.4f} "
                 "without" if tta else f"{figures['accuracy']:.4f} (no TTA)")
-    print(f"[raycifar] {figures['images']} test images ({where}, {figures['data']['data_format']}"
-          f"{subset}) on {trained.device} {trained.precision}: accuracy {accuracy}")
+    log.info(f"{figures['images']} test images ({where}, {figures['data']['data_format']}"
+             f"{subset}) on {trained.device} {trained.precision}: accuracy {accuracy}")
     reference = figures["run_final_test_acc"]
     if own and tta == trained.cfg.tta and not trained.cfg.validation and reference is not None:
-        print(f"[raycifar] the run's final_test_acc {reference:.4f}: "
-              + ("reproduced" if reference == figures["accuracy"] else
-                 "differs (another device kind or batch size changes the last digits)"))
-    print(f"[raycifar] wrote {out.uri}/evaluation-{name}.json and predictions-{name}.npz")
+        log.info(f"the run's final_test_acc {reference:.4f}: "
+                 + ("reproduced" if reference == figures["accuracy"] else
+                    "differs (another device kind or batch size changes the last digits)"))
+    log.info(f"wrote {out.uri}/evaluation-{name}.json and predictions-{name}.npz")
     return 0
 
 

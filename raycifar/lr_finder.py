@@ -42,13 +42,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import RaycifarError
-from .engine import _to_device, autocast, make_scaler
+from .config import LRMAX_METHODS, LRMIN_RULES, RaycifarError, RangeTestConfig
+from .runs import LR_FINDER_COLUMNS, LR_FINDER_CSV, LR_FINDER_JSON
+from .runtime import Runtime
 
-LRMAX_METHODS = ("steepest", "valley", "minimum")
-LRMIN_RULES = ("div", "onset")
-DEFAULT_METHOD = "minimum"     # the defaults of `train` and `tune` too
-DEFAULT_LR_MIN_RULE = "onset"
+DEFAULT_METHOD = RangeTestConfig.method          # the defaults of `train` and `tune` too
+DEFAULT_LR_MIN_RULE = RangeTestConfig.lr_min_rule
 
 
 class RangeTestError(RaycifarError):
@@ -86,9 +85,8 @@ class RangeTestResult:
         (tensorboard/lr-find/) into a `RunFolder`."""
         from .tracking import log_range_test
 
-        run.write_csv("lr_finder.csv", self.rows(),
-                      ["step", "lr", "loss", "smoothed_loss", "curve"])
-        run.write_json("lr_finder.json", self.summary())
+        run.write_csv(LR_FINDER_CSV, self.rows(), LR_FINDER_COLUMNS)
+        run.write_json(LR_FINDER_JSON, self.summary())
         log_range_test(run, self.rows())
 
 
@@ -252,17 +250,16 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Itera
                diverge_factor: float = 4.0, method: str = DEFAULT_METHOD,
                lr_min_rule: str = DEFAULT_LR_MIN_RULE, lr_min_div: float = 10.0,
                skip_start: Optional[int] = None, skip_end: Optional[int] = None,
-               curve_beta: Optional[float] = None, val_loader: Optional[Iterable] = None,
-               device: torch.device = torch.device("cpu"),
-               precision: str = "fp32", channels_last: bool = False,
+               curve_beta: Optional[float] = None, rt: Optional[Runtime] = None,
                on_step: Optional[Callable[[int, float, float, float], None]] = None
                ) -> RangeTestResult:
     """Run the sweep (cycling `loader` as needed), restore all state, return the curve."""
     if method not in LRMAX_METHODS:
         raise RangeTestError(f"method={method!r} is not one of {LRMAX_METHODS}")
+    rt = rt or Runtime(torch.device("cpu"))
     schedule = lr_schedule(start_lr, end_lr, num_steps, mode)
     saved = _snapshot(model, optimizer)
-    scaler = make_scaler(precision, device)
+    scaler = rt.scaler()
     lrs, losses, smoothed = [], [], []
     best, stopped = math.inf, False
     batches = _cycle(loader)
@@ -271,15 +268,14 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Itera
             for group in optimizer.param_groups:
                 group["lr"] = float(lr)
             model.train()
-            x, y = _to_device(*next(batches), device, channels_last)
-            with autocast(precision, device):
+            x, y = rt.batch(*next(batches))
+            with rt.autocast():
                 loss = loss_fn(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            value = _val_loss(model, val_loader, loss_fn, device, precision, channels_last) \
-                if val_loader is not None else loss.item()
+            value = loss.item()
             if not math.isfinite(value):
                 if i == 0:
                     raise RangeTestError(f"the loss is {value} from the first step (lr {lr:.3g});"
@@ -298,7 +294,7 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Itera
     finally:
         _restore(model, optimizer, saved)
     settings = {"start_lr": start_lr, "end_lr": end_lr, "num_steps": num_steps, "mode": mode,
-                "diverge_factor": diverge_factor, "validation": val_loader is not None}
+                "diverge_factor": diverge_factor}
     return reread(lrs, losses, method=method, lr_min_rule=lr_min_rule, lr_min_div=lr_min_div,
                   beta=beta, curve_beta=curve_beta, skip_start=skip_start, skip_end=skip_end,
                   stopped_early=stopped, settings=settings)
@@ -344,16 +340,3 @@ def _cycle(loader: Iterable):
             yield batch
         if empty:
             raise RangeTestError("the range test's loader yields no batches")
-
-
-@torch.no_grad()
-def _val_loss(model, loader, loss_fn, device, precision, channels_last) -> float:
-    model.eval()
-    total, n = 0.0, 0
-    for x, y in loader:
-        x, y = _to_device(x, y, device, channels_last)
-        with autocast(precision, device):
-            total += float(loss_fn(model(x), y)) * len(y)
-        n += len(y)
-    model.train()
-    return total / max(n, 1)

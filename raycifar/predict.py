@@ -102,9 +102,7 @@ def classify(trained: TrainedRun, images: np.ndarray, top_k: int, tta: bool,
     ds = ArrayDataset(images, np.zeros(len(images), np.int64),
                       eval_transform(trained.mean, trained.std))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0)
-    _, averaged, _ = predict_logits(trained.model, loader, device=trained.device,
-                                    precision=trained.precision,
-                                    channels_last=trained.cfg.channels_last, tta=tta)
+    _, averaged, _ = predict_logits(trained.model, loader, trained.rt, tta)
     probs = torch.softmax(averaged, 1).cpu()
     p, i = probs.topk(min(top_k, probs.shape[1]), dim=1)
     return [[(trained.classes[c], float(v)) for c, v in zip(ci.tolist(), pi.tolist())]

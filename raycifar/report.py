@@ -17,14 +17,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 from matplotlib.figure import Figure
 
+from . import runs
+from .config import Finding
 from .runs import RunFolder, RunFolderError
 
-METRICS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_acc_plain",
-           "epoch_seconds", "images_per_second"]
-STEPS = ["step", "epoch", "lr", "momentum"]
-FINDER = ["lr", "loss", "smoothed_loss"]
-OPTIONAL_COLUMNS = {"curve"}  # lr_finder.csv from before the zero-lag curve lacks it
-PREDICTIONS = ["labels", "preds", "probs", "classes", "wrong_index", "wrong_images"]
+METRICS = runs.METRIC_COLUMNS
+PREDICTIONS = list(runs.PREDICTION_KEYS)
 GALLERY_SIZE = 25
 TRIANGULAR_CYCLES = 3
 TRIANGULAR_STEP_EPOCHS = 2  # epochs per half cycle: the low end of Smith's advice (2-10)
@@ -46,8 +44,7 @@ def read_columns(run: RunFolder, name: str, columns: list[str]) -> dict[str, np.
     """A CSV as float columns; any defect is one RunFolderError naming the file."""
     try:
         rows = run.read_csv(name, required=columns)
-        present = [c for c in rows[0] if c in columns or c in OPTIONAL_COLUMNS] if rows else columns
-        return {c: np.array([float(r[c]) for r in rows]) for c in present}
+        return {c: np.array([float(r[c]) for r in rows]) for c in columns}
     except (ValueError, TypeError) as e:  # a non-number, a short row, undecodable bytes
         raise RunFolderError(f"{run.uri}/{name} is malformed: {e}") from e
 
@@ -68,23 +65,25 @@ def existing_run(uri: str) -> RunFolder:
 def load_run(uri: str) -> RunData:
     """Read a run folder; metrics.csv and config.json are required, the rest optional."""
     run = existing_run(uri)
-    metrics = read_columns(run, "metrics.csv", METRICS)
-    config = run.read_json("config.json")
+    metrics = read_columns(run, runs.METRICS, METRICS)
+    config = run.read_json(runs.CONFIG)
     if not (isinstance(config, dict) and isinstance(config.get("config"), dict)
             and "steps_per_epoch" in config):
         raise RunFolderError(f"{uri}/config.json is malformed: needs a 'config' object and "
                              "'steps_per_epoch'")
-    predictions = read_optional(run, "predictions.npz", lambda: run.read_npz("predictions.npz"))
+    predictions = read_optional(run, runs.PREDICTIONS, lambda: run.read_npz(runs.PREDICTIONS))
     missing = [k for k in PREDICTIONS if predictions is not None and k not in predictions]
     if missing:
         raise RunFolderError(f"{uri}/predictions.npz is malformed: missing arrays {missing}")
     finder = None
-    if run.exists("lr_finder.csv") and run.exists("lr_finder.json"):
-        finder = (read_columns(run, "lr_finder.csv", FINDER), run.read_json("lr_finder.json"))
+    if run.exists(runs.LR_FINDER_CSV) and run.exists(runs.LR_FINDER_JSON):
+        finder = (read_columns(run, runs.LR_FINDER_CSV, runs.LR_FINDER_COLUMNS[1:]),
+                  run.read_json(runs.LR_FINDER_JSON))
         if not {"lr_max", "lr_min"} <= set(finder[1]):
             raise RunFolderError(f"{uri}/lr_finder.json is malformed: needs lr_max and lr_min")
-    steps = read_optional(run, "lr_steps.csv", lambda: read_columns(run, "lr_steps.csv", STEPS))
-    summary = read_optional(run, "summary.json", lambda: run.read_json("summary.json"))
+    steps = read_optional(run, runs.STEPS,
+                          lambda: read_columns(run, runs.STEPS, runs.STEP_COLUMNS))
+    summary = read_optional(run, runs.SUMMARY, lambda: run.read_json(runs.SUMMARY))
     return RunData(uri, config, metrics, steps, summary, predictions, finder)
 
 
@@ -136,13 +135,11 @@ def draw_lr_finder(curve: dict[str, np.ndarray], choice: dict[str, Any], path: P
     fig = Figure(figsize=(7, 4.2))
     ax = fig.add_subplot()
     ax.plot(curve["lr"], curve["loss"], color="0.7", lw=1, label="loss")
-    smooth = "smoothed_loss"
-    if "curve" in curve:  # the zero-lag curve the suggestions are read from; the EMA lags it
-        ax.plot(curve["lr"], curve["smoothed_loss"], color="C0", lw=1, ls=":",
-                label="EMA (divergence stop)")
-        smooth = "curve"
-    ax.plot(curve["lr"], curve[smooth], color="C0", lw=2,
-            label="smoothed (zero-lag)" if smooth == "curve" else "smoothed loss")
+    ax.plot(curve["lr"], curve["smoothed_loss"], color="C0", lw=1, ls=":",
+            label="EMA (divergence stop)")
+    # the zero-lag curve the suggestions are read from; the EMA lags it
+    ax.plot(curve["lr"], curve["curve"], color="C0", lw=2, label="smoothed (zero-lag)")
+    smooth = "curve"
     if choice["lr_max"] is not None:  # None: the sweep could not be read (see report.md)
         ax.axvline(choice["lr_max"], color="C3", ls="--",
                    label=f"LRMAX = {choice['lr_max']:.3g}")
@@ -246,17 +243,16 @@ def draw_confusion(counts: np.ndarray, classes: list[str], path: Path) -> Path:
 # ----------------------------------------------------------------------------- report.md
 
 def _wall_time(s: dict[str, Any]) -> str:
-    """The wall time, saying when a run done in pieces counts only some of them."""
+    """The wall time, saying over how many commands a run done in pieces ran."""
     text = f"{s['wall_seconds']:.0f} s"
-    commands, first = s.get("commands"), s.get("wall_from_epoch", 1)
-    if commands is None and s["wall_seconds"] < s["train_seconds"]:
-        # older summaries counted only the last command of a resumed run
-        text += " (the last command only: the run was resumed)"
-    elif first > 1:
-        text += f" (epochs {first}-{s['epochs']} only, over {commands} command(s))"
-    elif commands and commands > 1:
-        text += f" over {commands} commands"
+    if s["commands"] > 1:
+        text += f" over {s['commands']} commands"
     return f"{text}; training {s['train_seconds']:.0f} s"
+
+
+def _lr_source(meta: dict[str, Any]) -> str:
+    source = meta.get("lr_source")
+    return Finding.from_dict(source).describe() if source else "not recorded"
 
 
 def _summary_table(s: dict[str, Any]) -> list[str]:
@@ -281,7 +277,7 @@ def write_report(uri: str, out_dir: str) -> Path:
     md = [f"# Run report: {meta['config'].get('name', uri)}", "", f"Run folder: `{uri}`  ",
           f"Code: raycifar {meta.get('version', '?')}, commit {meta.get('git_commit') or '?'}  ",
           f"Command: `{meta.get('command', 'not recorded')}`  ",
-          f"LRMAX and LRMIN from: {meta.get('lr_source', {}).get('source', 'not recorded')}", ""]
+          f"LRMAX and LRMIN from: {_lr_source(meta)}", ""]
     md += _summary_table(data.summary) if data.summary else [
         "> No summary.json: the run has not finished (stopped early or still training)."]
 

@@ -17,16 +17,13 @@ from __future__ import annotations
 import io
 from typing import Optional
 
-import torch
 
-from .config import RaycifarError, TrainConfig
+from .config import TrainConfig
+from .ray_compat import SNAPSHOT_FILE, latest_checkpoint_dir
 from .runs import RunFolder, RunFolderError
+from .state import CHECKPOINT_FILE, CheckpointError, TrainState, read_state
 
-CHECKPOINT_FILE = "state.pt"
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
-DIVERGED_FILE = "diverged.json"
-STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "loader_rng", "rng", "epoch",
-              "history", "steps", "train_seconds", "config")
+STATE_KEYS = TrainState.keys()
 # Settings a resumed run may change: where things are, how many processes, when to stop, and
 # whether the same network is torch.compile'd.
 MAY_CHANGE = {"data_dir", "data_format", "cache_dir", "loader_workers", "num_workers",
@@ -34,34 +31,17 @@ MAY_CHANGE = {"data_dir", "data_format", "cache_dir", "loader_workers", "num_wor
               "max_failures", "stop_after_epoch", "compile"}
 
 
-class CheckpointError(RaycifarError):
-    """The checkpoint a run would resume from is unreadable or belongs to another run."""
-
-
 def latest_checkpoint(run: RunFolder) -> Optional[str]:
     """The checkpoint folder Ray will resume from, or None for a fresh start."""
-    if not run.exists(SNAPSHOT_FILE):
-        return None
     try:
-        latest = run.read_json(SNAPSHOT_FILE).get("latest_checkpoint_result")
-    except (RunFolderError, AttributeError) as e:
+        return latest_checkpoint_dir(run)
+    except (RunFolderError, AttributeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{run.uri}/{SNAPSHOT_FILE} is unreadable ({e}); "
                               f"{_fresh(run)}") from e
-    return latest["checkpoint_dir_name"] if latest else None
 
 
 def _fresh(run: RunFolder) -> str:
     return f"start fresh with another --name, or delete {run.uri}"
-
-
-def read_state(source, device="cpu") -> dict:
-    """A checkpoint's training state with its tensors on `device` (a path or a file object).
-
-    The tensors are mapped onto the reader's own device, whatever device wrote them: a run
-    checkpointed on GPUs resumes on a CPU-only cluster, and each local rank of a multi-GPU
-    node loads onto its own GPU instead of all onto the one that saved it.
-    """
-    return torch.load(source, weights_only=False, map_location=device)
 
 
 def load_state(run: RunFolder, checkpoint_dir: str) -> dict:

@@ -1,4 +1,5 @@
-"""The run folder: read and write files under `<storage_path>/<name>/` on any filesystem.
+"""The run folder: its schema (file names, columns) and reading and writing files under
+`<storage_path>/<name>/` on any filesystem.
 
 Local paths and URIs (s3://, gs://) go through pyarrow's filesystems, as Ray's own storage does,
 so a run on a cluster can write to a bucket and the report can read from it.
@@ -15,6 +16,28 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from .config import RaycifarError
+
+
+# The run folder's schema: every file name and CSV column, in one place.
+CONFIG = "config.json"            # resolved config, version, commit, placement, data stats
+METRICS = "metrics.csv"           # a row per epoch
+STEPS = "lr_steps.csv"            # a row per optimizer step
+PREDICTIONS = "predictions.npz"   # test labels, predictions, probabilities, wrong images
+MODEL = "model.pt"                # final weights, a plain state_dict
+SUMMARY = "summary.json"          # final figures
+TENSORBOARD = "tensorboard"       # event files (tracking.py)
+LR_FINDER_CSV = "lr_finder.csv"   # the range test's sweep
+LR_FINDER_JSON = "lr_finder.json"  # its reading: LRMAX, LRMIN, method, settings
+LR_SEARCH = "lr_search.csv"       # the LRMAX search's candidates
+BEST = "best.json"                # the search's pick
+DIVERGED = "diverged.json"        # a divergence, so that Ray's restarts stop at once
+
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+                  "test_acc_plain", "epoch_seconds", "images_per_second"]
+STEP_COLUMNS = ["step", "epoch", "lr", "momentum"]
+LR_FINDER_COLUMNS = ["step", "lr", "loss", "smoothed_loss", "curve"]
+LR_SEARCH_COLUMNS = ["lr_max", "lr_min", "epochs_run", "held_out_acc", "held_out_loss"]
+PREDICTION_KEYS = ("labels", "preds", "probs", "classes", "wrong_index", "wrong_images")
 
 
 class RunFolderError(RaycifarError):

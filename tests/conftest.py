@@ -136,7 +136,7 @@ def trained_run(tmp_path_factory) -> Path:
     """One finished tiny run (Ray Train local mode, in-process), its run folder; shared by the
     evaluate and predict tests. It trains on a seeded subset (60 train / 12 test images, seed 3)
     and some test images carry another class's colour, so it gets some, not all, right."""
-    from raycifar.train import fit
+    from raycifar.trainer import fit
 
     tmp = tmp_path_factory.mktemp("trained")
     cfg = tiny_train_config(tmp, num_workers=0, epochs=2, subset=60, seed=3)

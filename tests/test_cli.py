@@ -50,25 +50,27 @@ def test_flags_map_onto_config():
     (["--lr", "manual"], "manual"),
 ])
 def test_lrs_are_found_unless_typed_in(argv, mode):
-    from raycifar.train import lr_mode
+    from raycifar.lrs import lr_mode
 
     assert lr_mode(build_parser().parse_args(argv)) == mode
 
 
 def test_a_resumed_run_keeps_its_lrs_however_they_were_found(tmp_path):
     from raycifar.runs import RunFolder
-    from raycifar.train import choose_lrs
+    from raycifar.lrs import choose_lrs
 
     cfg = TrainConfig(storage_path=str(tmp_path), name="r")
     RunFolder(cfg.run_dir).write_json("config.json", {
         "config": {**cfg.to_dict(), "lr_max": 0.0955, "lr_min": 0.00145},
-        "lr_source": {"source": "range test (minimum, .../lr_finder.json)"}})
+        "lr_source": {"lr_max": 0.0955, "lr_min": 0.00145, "source": "range-test",
+                      "where": ".../lr_finder.json", "method": "minimum"}})
     for argv in ([], ["--lr", "auto"]):  # no range test runs: this would need Ray and data
-        resumed, source = choose_lrs(cfg, build_parser().parse_args(argv), False, True)
+        resumed, found = choose_lrs(cfg, build_parser().parse_args(argv), False, True)
         assert (resumed.lr_max, resumed.lr_min) == (0.0955, 0.00145)
-        assert "the run being resumed" in source["source"] and "range test" in source["source"]
-    typed, source = choose_lrs(cfg, build_parser().parse_args(["--lr-max", "0.3"]), False, True)
-    assert typed.lr_max == cfg.lr_max and source["source"].startswith("flags")
+        assert found.source == "resumed" and found.found_by == "range-test"
+        assert "the run being resumed" in found.describe()
+    typed, found = choose_lrs(cfg, build_parser().parse_args(["--lr-max", "0.3"]), False, True)
+    assert typed.lr_max == cfg.lr_max and found.source == "flags"
 
 
 def test_a_search_of_typed_in_lrs_is_refused_before_anything_runs(tmp_path):

@@ -4,7 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from raycifar.engine import DivergenceError, evaluate, make_scaler, resolve_precision, train_epoch
+from raycifar.engine import DivergenceError, Learner, evaluate, train_epoch
+from raycifar.runtime import Runtime, resolve_precision
+
+CPU = Runtime(torch.device("cpu"))
 from raycifar.schedule import OneCycle
 
 
@@ -23,13 +26,10 @@ def tiny_model():
 def fit(model, batches, epochs, lr_max=0.5):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
     cycle = OneCycle(lr_max / 10, lr_max, epochs, 1, len(batches))
-    sched = cycle.build(opt)
+    learner = Learner(model, opt, cycle.build(opt), CPU.scaler(), nn.CrossEntropyLoss(), CPU)
     results = []
     for e in range(1, epochs + 1):
-        results.append(train_epoch(model, batches, opt, sched, nn.CrossEntropyLoss(),
-                                   make_scaler("fp32", torch.device("cpu")),
-                                   device=torch.device("cpu"), epoch=e,
-                                   first_step=(e - 1) * len(batches)))
+        results.append(train_epoch(learner, batches, epoch=e, first_step=(e - 1) * len(batches)))
     return results, cycle
 
 
@@ -42,19 +42,19 @@ def test_training_lowers_loss_and_records_every_step_lr():
     assert [s.step for s in steps] == list(range(16))
     assert [s.lr for s in steps] == pytest.approx([cycle.lr(k) for k in range(16)])
     assert all(s.momentum == 0.9 for s in steps)
-    assert results[0].images == 64 and results[0].images_per_second > 0
+    assert results[0].images == 64 and results[0].seconds > 0
 
 
 def test_evaluate_counts_and_tta_uses_the_mirror():
     batches = tiny_problem()
     model = tiny_model()
     fit(model, batches, epochs=3)
-    ev = evaluate(model, batches, device=torch.device("cpu"))
+    ev = evaluate(model, batches, CPU)
     assert ev["count"] == 64
     assert ev["accuracy"] == ev["accuracy_plain"]
     assert torch.allclose(ev["probs"].sum(1), torch.ones(64))
     # TTA averages in the mirrored batch: same plain accuracy, different probabilities
-    ev_tta = evaluate(model, batches, device=torch.device("cpu"), tta=True)
+    ev_tta = evaluate(model, batches, CPU, tta=True)
     assert ev_tta["accuracy_plain"] == ev["accuracy"]
     assert not torch.allclose(ev_tta["probs"], ev["probs"])
 
@@ -72,14 +72,13 @@ def test_nan_loss_stops_with_epoch_step_and_lr():
 
     with pytest.raises(DivergenceError, match=r"loss became nan at epoch 1, step 2 \(lr .*\); "
                                               "lower --lr-max"):
-        train_epoch(model, batches, opt, sched, nan_after_two,
-                    make_scaler("fp32", torch.device("cpu")), device=torch.device("cpu"))
+        train_epoch(Learner(model, opt, sched, CPU.scaler(), nan_after_two, CPU), batches)
 
 
 def test_auto_precision_on_this_cpu_follows_its_flags_not_the_mkldnn_check():
     # The mkldnn check says True on AVX-512 CPUs that only emulate bf16 (issue 23); every kind
     # of CPU is pinned in test_precision.py, this checks the real reading on this machine.
-    from raycifar.engine import NATIVE_BF16_FLAGS, cpu_flags
+    from raycifar.runtime import NATIVE_BF16_FLAGS, cpu_flags
 
     got = resolve_precision("auto", torch.device("cpu"))
     native = any(f in (cpu_flags() or ()) for f in NATIVE_BF16_FLAGS)

@@ -23,7 +23,9 @@ from raycifar.engine import DivergenceError
 from raycifar.faults import ENV
 from raycifar.resume import CHECKPOINT_FILE, CheckpointError, latest_checkpoint
 from raycifar.runs import RunFolder
-from raycifar.train import METRIC_COLUMNS, build_parser, fit, main
+from raycifar.runs import METRIC_COLUMNS
+from raycifar.train import build_parser, main
+from raycifar.trainer import fit
 from raycifar.cli import run_cli
 
 from conftest import tiny_train_config

@@ -172,13 +172,6 @@ def test_range_test_stops_on_divergence():
     assert res.stopped_early and len(res.lrs) < 100
 
 
-def test_validation_mode_records_held_out_loss():
-    model, opt, loader = problem()
-    res = range_test(model, opt, loader[:4], nn.CrossEntropyLoss(), start_lr=1e-3, end_lr=1,
-                     num_steps=20, val_loader=loader[4:], skip_start=2, skip_end=2)
-    assert res.settings["validation"] and len(res.losses) == 20
-
-
 def test_nan_from_the_first_step_is_a_clear_error():
     model, opt, loader = problem()
     with pytest.raises(RangeTestError, match="from the first step"):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from raycifar.runs import RunFolder
-from raycifar.train import METRIC_COLUMNS, STEP_COLUMNS
+from raycifar.runs import METRIC_COLUMNS, STEP_COLUMNS
 
 from conftest import write_folder
 from simcluster import RAY_CLI, new_cluster
@@ -155,7 +155,7 @@ def test_lr_search_runs_the_range_test_and_the_search_on_the_cluster(cluster):
     # above, the `ray start` cluster of this node, a new local Ray in test_fault_tolerance)
     done = train(cluster, tiny_args(cluster, storage, "searched", "--address", cluster.gcs,
                                     "--num-workers", "1", "--cpus-per-worker", "2",
-                                    "--shared-storage", "--lr-search", "--search-candidates",
+                                    "--shared-storage", "--lr-search", "--candidates",
                                     "2", "--search-epochs", "2", "--num-steps", "10",
                                     "--start-lr", "1e-3", "--end-lr", "1", "--lr-min-rule",
                                     "div", "--holdout", "12"), timeout=500)

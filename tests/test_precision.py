@@ -7,8 +7,8 @@ whatever machine runs the tests; the flag reader is tested on written cpuinfo fi
 import pytest
 import torch
 
-from raycifar import engine
-from raycifar.engine import cpu_auto_precision, cpu_flags, describe_precision, resolve_precision
+from raycifar import runtime as engine
+from raycifar.runtime import cpu_auto_precision, cpu_flags, describe_precision, resolve_precision
 
 BASE_X86 = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma"
 AVX2 = frozenset(f"{BASE_X86} avx2".split())

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from raycifar.config import RaycifarError
-from raycifar.engine import make_scaler, train_epoch
+from raycifar.engine import Learner, train_epoch
+from raycifar.runtime import Runtime
 from raycifar.progress import ENV, EpochProgress, format_seconds, interval_seconds
 from raycifar.schedule import OneCycle
 
@@ -35,9 +36,10 @@ def run_epoch(monkeypatch, stream, interval, batches=8):
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = OneCycle(0.01, 0.1, 5, 1, batches).build(opt)
-    return train_epoch(model, data, opt, sched, nn.CrossEntropyLoss(),
-                       make_scaler("fp32", torch.device("cpu")), device=torch.device("cpu"),
-                       epoch=2, epochs=5, progress=True, progress_seconds=interval)
+    cpu = Runtime(torch.device("cpu"))
+    learner = Learner(model, opt, sched, cpu.scaler(), nn.CrossEntropyLoss(), cpu)
+    return train_epoch(learner, data, epoch=2, epochs=5, progress=True,
+                       progress_seconds=interval)
 
 
 def test_off_a_terminal_prints_periodic_plain_lines_with_every_field(monkeypatch):

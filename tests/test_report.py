@@ -27,7 +27,7 @@ PLOTS = {"one_cycle.png", "triangular.png", "training_curves.png", "misclassifie
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """One real run, made once: Ray Train local mode (num_workers=0) runs the loop in-process."""
-    from raycifar.train import fit
+    from raycifar.trainer import fit
 
     tmp = tmp_path_factory.mktemp("report")
     data = write_folder(tmp / "data", n_train=8, n_test=8)
@@ -94,8 +94,9 @@ def test_cli_with_lr_finder_files_plots_them_into_the_default_folder(run_copy, c
     lrs = np.logspace(-4, 0, 30)
     with open(run_copy / "lr_finder.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["lr", "loss", "smoothed_loss"])
-        w.writerows((lr, 2 - np.log10(lr) / 4, 2 - np.log10(lr) / 5) for lr in lrs)
+        w.writerow(["step", "lr", "loss", "smoothed_loss", "curve"])
+        w.writerows((i, lr, 2 - np.log10(lr) / 4, 2 - np.log10(lr) / 5, 2 - np.log10(lr) / 4.5)
+                    for i, lr in enumerate(lrs))
     (run_copy / "lr_finder.json").write_text(
         json.dumps({"lr_max": 0.3, "lr_min": 0.003, "method": "steepest"}))
 
@@ -127,11 +128,8 @@ def test_a_sweep_that_gave_no_lrs_is_drawn_unmarked_with_its_error(run_copy, tmp
 
 
 @pytest.mark.parametrize("extra, words", [
-    ({"commands": 1, "wall_from_epoch": 1}, "| 900 s; training 600 s |"),
-    ({"commands": 3, "wall_from_epoch": 1}, "| 900 s over 3 commands; training 600 s |"),
-    ({"commands": 2, "wall_from_epoch": 17}, "| 900 s (epochs 17-24 only, over 2 command(s));"),
-    ({"wall_seconds": 300}, "| 300 s (the last command only: the run was resumed); training"),
-    ({}, "| 900 s; training 600 s |"),  # an older summary of a single command
+    ({"commands": 1}, "| 900 s; training 600 s |"),
+    ({"commands": 3}, "| 900 s over 3 commands; training 600 s |"),
 ])
 def test_wall_time_says_what_a_run_in_pieces_counts(extra, words):
     s = {"final_test_acc": 0.9, "best_test_acc": 0.9, "best_epoch": 24, "epochs": 24,

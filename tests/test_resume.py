@@ -128,20 +128,16 @@ def test_a_kill_fault_kills_its_process(tmp_path):
 
 
 def test_the_run_clock_sums_the_commands_of_a_run_done_in_pieces(monkeypatch):
-    from raycifar import train
+    from raycifar import state as train
 
     now = iter([130.0, 520.0]).__next__
     monkeypatch.setattr(train.time, "perf_counter", now)
     first = train.RunClock(start=100.0)
     state = {"epoch": 2, **first.state()}                     # checkpoint at 130
-    assert state == {"epoch": 2, "wall_seconds": 30.0, "commands": 1, "wall_from_epoch": 1}
-    second = train.RunClock(start=500.0)                      # resumed; done at 520
-    second.resume(state)
-    assert second.state() == {"wall_seconds": 50.0, "commands": 2, "wall_from_epoch": 1}
-    # a checkpoint from before the count: this command's time only, from the epoch resumed
-    old = train.RunClock(start=0.0)
-    old.resume({"epoch": 16})
-    assert (old.commands, old.from_epoch, old.before) == (1, 17, 0.0)
+    assert state == {"epoch": 2, "wall_seconds": 30.0, "commands": 1}
+    second = train.RunClock(start=500.0, before=state["wall_seconds"],  # resumed; done at 520
+                            commands=state["commands"] + 1)
+    assert second.state() == {"wall_seconds": 50.0, "commands": 2}
 
 
 def test_compiling_may_change_on_resume_but_the_recipe_may_not(tmp_path):
@@ -155,7 +151,7 @@ def test_compiling_may_change_on_resume_but_the_recipe_may_not(tmp_path):
 def test_a_compiled_run_saves_plain_weights(tmp_path, monkeypatch):
     """torch.compile wraps the network; model.pt (and the checkpoints, written from the same
     unwrapped module) must not carry its `_orig_mod.` prefix."""
-    from raycifar.train import fit
+    from raycifar.trainer import fit
 
     real = torch.compile
     compiled = []

@@ -5,7 +5,9 @@ import time
 import pytest
 
 from raycifar.runs import RunFolder, RunFolderError
-from raycifar.tune import candidates, load_finding, lr_find, matching_finding, search
+from raycifar.config import RangeTestConfig, SearchConfig
+from raycifar.lrs import load_finding, matching_finding
+from raycifar.trials import candidates, lr_find, search
 
 from conftest import tiny_train_config
 
@@ -19,35 +21,35 @@ def test_candidates_are_a_log_grid_around_the_center():
 
 def test_lr_find_runs_as_a_tune_trial_and_writes_the_finding(tmp_path, ray_cluster):
     cfg = tiny_train_config(tmp_path, name="tune", epochs=24, peak_epoch=5)
-    finding = lr_find(cfg, {"start_lr": 1e-3, "end_lr": 1.0, "num_steps": 15,
-                            "skip_start": 2, "skip_end": 2})
+    sweep = {"start_lr": 1e-3, "end_lr": 1.0, "num_steps": 15}
+    finding = lr_find(cfg, RangeTestConfig(**sweep))
     run = RunFolder(cfg.run_dir)
     rows = run.read_csv("lr_finder.csv", ["lr", "loss", "smoothed_loss"])
     assert 3 <= len(rows) <= 15
     assert finding["tune_steps_reported"] == len(rows)  # every step reached Tune
     assert 1e-3 <= finding["lr_min"] < finding["lr_max"] <= 1.0
-    assert load_finding(cfg.run_dir)["lr_max"] == finding["lr_max"]
+    assert load_finding(cfg.run_dir).lr_max == finding["lr_max"]
 
     # `train --lr auto` over the same sweep reuses it, reading it with the rules asked for now
-    sweep = {"start_lr": 1e-3, "end_lr": 1.0, "num_steps": 15}
-    same = matching_finding(cfg, {**sweep, "method": finding["method"],
-                                  "lr_min_rule": finding["lr_min_rule"]})
+    same = matching_finding(cfg, RangeTestConfig(**sweep, method=finding["method"],
+                                                 lr_min_rule=finding["lr_min_rule"]))
     assert same["lr_max"] == finding["lr_max"] and "reread" not in same["settings"]
-    other = matching_finding(cfg, {**sweep, "method": "valley", "lr_min_rule": "div",
-                                   "lr_min_div": 4.0})
+    other = matching_finding(cfg, RangeTestConfig(**sweep, method="valley", lr_min_rule="div",
+                                                  lr_min_div=4.0))
     assert other["method"] == "valley" and other["lr_min"] == pytest.approx(other["lr_max"] / 4)
     assert "read again from lr_finder.csv" in other["settings"]["reread"]
-    assert load_finding(cfg.run_dir)["lr_max"] == other["lr_max"]
-    assert matching_finding(cfg, {**sweep, "num_steps": 16}) is None  # another sweep: run it
-    assert matching_finding(cfg.replace(batch_size=8), sweep) is None
+    assert load_finding(cfg.run_dir).lr_max == other["lr_max"]
+    assert matching_finding(cfg, RangeTestConfig(**{**sweep, "num_steps": 16})) is None
+    assert matching_finding(cfg.replace(batch_size=8), RangeTestConfig(**sweep)) is None
 
     # a sweep whose reading fails is kept, and the error says so
     from raycifar.lr_finder import RangeTestError
     flat = cfg.replace(name="tune-flat")
     with pytest.raises(RangeTestError, match=r"\(the sweep is kept in .*tune-flat/lr_finder.csv"):
-        lr_find(flat, {**sweep, "num_steps": 12, "skip_start": 10})  # 2 points left to read
+        # LRs far too high: the loss only rises, so there is no onset to read LRMIN from
+        lr_find(flat, RangeTestConfig(start_lr=3.0, end_lr=30.0, num_steps=12))
     kept = RunFolder(flat.run_dir)
-    assert len(kept.read_csv("lr_finder.csv", ["lr", "loss"])) == 12
+    assert 2 <= len(kept.read_csv("lr_finder.csv", ["lr", "loss"])) <= 12
     assert kept.read_json("lr_finder.json")["lr_max"] is None
 
 
@@ -58,7 +60,7 @@ def test_search_runs_two_trials_at_once_and_asha_stops_free_their_cpus(tmp_path,
     # came back (2 CPUs, 1 per trial).
     lrs = [0.05, 0.03, 1e-7, 2e-7]
     started = time.perf_counter()
-    best = search(cfg, center=0.05, epochs=3, validation=12, lrs=lrs)
+    best = search(cfg, 0.05, SearchConfig(epochs=3, holdout=12), lrs=lrs)
     seconds = time.perf_counter() - started
     rows = RunFolder(cfg.run_dir).read_csv("lr_search.csv", ["lr_max", "epochs_run"])
     assert sorted(float(r["lr_max"]) for r in rows) == sorted(lrs)
@@ -90,7 +92,7 @@ def test_a_sweep_kept_after_a_failed_reading_is_read_again_not_swept_again(tmp_p
     lrs = list(np.geomspace(1e-4, 1e-3, 30))
     flat = list(2.3 + np.random.default_rng(0).normal(0, 0.002, 30))
     with pytest.raises(RangeTestError) as caught:
-        reread(lrs, flat, lr_min_rule="onset", settings={**sweep, "validation": False})
+        reread(lrs, flat, lr_min_rule="onset", settings=sweep)
     n = len(load_arrays(cfg).y_train)
     caught.value.sweep.settings.update(batch_size=16, train_images=n, seed=cfg.seed)
     caught.value.sweep.save(RunFolder(cfg.run_dir))  # what the Tune trial leaves behind
@@ -108,10 +110,10 @@ def test_a_sweep_kept_after_a_failed_reading_is_read_again_not_swept_again(tmp_p
     assert tune.main([*argv, "--lr-min-rule", "onset"]) == 2  # the rule that failed, again
     assert "the loss never fell" in capsys.readouterr().err
     with pytest.raises(RangeTestError, match="the loss never fell.*read from the sweep kept in"):
-        matching_finding(cfg, {**sweep, "lr_min_rule": "onset"}, train_images=n)
+        matching_finding(cfg, RangeTestConfig(**sweep, lr_min_rule="onset"), train_images=n)
     assert tune.main([*argv, "--method", "minimum", "--lr-min-rule", "div"]) == 0
     assert "read again, not swept again" in capsys.readouterr().out
     found = RunFolder(cfg.run_dir).read_json("lr_finder.json")
     assert found["lr_min"] == pytest.approx(found["lr_max"] / 10)
     assert "the first reading failed: the loss never fell" in found["settings"]["reread"]
-    assert load_finding(cfg.run_dir)["lr_max"] == found["lr_max"]
+    assert load_finding(cfg.run_dir).lr_max == found["lr_max"]

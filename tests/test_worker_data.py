@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from raycifar.data import CifarArrays, TrainingData, batches_per_epoch
-from raycifar.train import albumentations_loader, check_cycle
+from raycifar.engine import train_batches
+from raycifar.runtime import Runtime
+from raycifar.train import check_cycle
 
 from conftest import tiny_train_config
 
@@ -19,7 +21,8 @@ def data(n: int = 40) -> TrainingData:
 
 
 def order(cfg, rank: int, world: int) -> list[int]:
-    loader = albumentations_loader(cfg, data(), rank, world, torch.Generator().manual_seed(0))
+    loader = train_batches(cfg, data(), Runtime(torch.device("cpu")), rank, world,
+                           torch.Generator().manual_seed(0))
     loader.sampler.set_epoch(1)
     return list(loader.sampler)
 

@@ -86,7 +86,7 @@ def main() -> None:
         run_path(sim, "lr-search",
                  [*train, *tiny(sim, shared, "searched"), "--num-workers", "1",
                   "--cpus-per-worker", "2", "--shared-storage", "--lr-search",
-                  "--search-candidates", "2", "--search-epochs", "2", "--num-steps", "10",
+                  "--candidates", "2", "--search-epochs", "2", "--num-steps", "10",
                   "--start-lr", "1e-3", "--end-lr", "1", "--lr-min-rule", "div",
                   "--holdout", "12"], shared / "searched", results)
         nodes = sorted(sim.alive_nodes().values())

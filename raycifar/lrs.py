@@ -1,0 +1,184 @@
+"""Choosing LRMIN and LRMAX for a run, the one place both CLIs use.
+
+In order: an earlier run's finding (`--lr-from`), the LRs the run being resumed started with,
+the range test (a kept sweep read again when it matches, else a new one as a Tune run, then
+optionally the ASHA search), or the flags when the LRs are typed in. The flags for all of it
+(`add_lr_arguments`) have one name each in `raycifar.train` and `raycifar.tune`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+from . import runs, trials
+from .cli import given
+from .config import ConfigError, Finding, RangeTestConfig, SearchConfig, TrainConfig
+from .connect import init_ray
+from .data import TrainingData, load_arrays
+from .logs import log
+from .lr_finder import LRMAX_METHODS, LRMIN_RULES, RangeTestError, reread
+from .runs import RunFolder, RunFolderError
+
+
+def add_lr_arguments(parser: argparse.ArgumentParser, search_flag: bool = True) -> None:
+    """The range test's and the search's flags; `--lr-search` where the search is optional."""
+    d, s = RangeTestConfig(), SearchConfig()
+    group = parser.add_argument_group("finding LRMAX and LRMIN")
+    group.add_argument("--start-lr", type=float, default=d.start_lr,
+                       help="range test: first LR of the sweep")
+    group.add_argument("--end-lr", type=float, default=d.end_lr,
+                       help="range test: last LR of the sweep")
+    group.add_argument("--num-steps", type=int, default=d.num_steps,
+                       help="range test: batches in the sweep")
+    group.add_argument("--sweep", choices=["exp", "linear"], default=d.mode,
+                       help="range test: how the LR rises")
+    group.add_argument("--method", choices=LRMAX_METHODS, default=d.method,
+                       help="how LRMAX is read off the range test's curve: minimum = where "
+                            "the loss stops falling (Smith's upper bound), steepest = where it "
+                            "falls fastest, valley = fastai's rule")
+    group.add_argument("--lr-min-rule", choices=LRMIN_RULES, default=d.lr_min_rule,
+                       help="LRMIN = LRMAX / --lr-min-div, or where the loss starts to fall")
+    group.add_argument("--lr-min-div", type=float, default=d.lr_min_div,
+                       help="the divisor of the 'div' rule")
+    if search_flag:
+        group.add_argument("--lr-search", action="store_true",
+                           help="refine the LRMAX found by an ASHA search of short runs")
+    group.add_argument("--candidates", type=int, default=s.candidates,
+                       help="search: LRMAX candidates (log grid x1/4..x4)")
+    group.add_argument("--search-epochs", type=int, default=s.epochs,
+                       help="search: epochs per candidate")
+    group.add_argument("--holdout", type=int, default=s.holdout,
+                       help="search: training images held out to rank the candidates")
+    group.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                       help="search: trials at once (default: as many as the cluster can place "
+                            "now; give it on an autoscaling cluster that adds nodes on demand)")
+
+
+def range_test_config(args: argparse.Namespace) -> RangeTestConfig:
+    return RangeTestConfig(args.start_lr, args.end_lr, args.num_steps, args.sweep, args.method,
+                           args.lr_min_rule, args.lr_min_div)
+
+
+def search_config(args: argparse.Namespace) -> SearchConfig:
+    return SearchConfig(args.candidates, args.search_epochs, args.holdout, args.max_concurrent)
+
+
+def lr_mode(args: argparse.Namespace) -> str:
+    """auto (find LRMAX/LRMIN) unless asked for manual or the LRs were typed in."""
+    if getattr(args, "lr", None):
+        return args.lr
+    return "manual" if given(args) & {"lr_max", "lr_min"} else "auto"
+
+
+def check_lr_args(args: argparse.Namespace) -> None:
+    """Flags that cannot go together, found before anything runs."""
+    if args.lr_search:
+        search_config(args)
+        if lr_mode(args) != "auto" or args.lr_from:
+            raise ConfigError(["--lr-search refines LRs it finds: drop --lr-max/--lr-min, "
+                               "--lr manual and --lr-from, or add --lr auto"])
+
+
+def choose_lrs(cfg: TrainConfig, args: argparse.Namespace, use_gpu: bool, resuming: bool,
+               data: Optional[TrainingData] = None) -> tuple[TrainConfig, Finding]:
+    """`cfg` with the LRs chosen, and how they were (on `data`, the driver's, when given)."""
+    mode = lr_mode(args)
+    if args.lr_from:
+        found = load_finding(args.lr_from)
+    elif mode == "auto" and resuming:  # the LRs this run started with, however found
+        meta = RunFolder(cfg.run_dir).read_json(runs.CONFIG)
+        before = meta.get("lr_source") or {}
+        found = Finding(meta["config"]["lr_max"], meta["config"]["lr_min"], "resumed",
+                        f"{cfg.run_dir}/{runs.CONFIG}",
+                        found_by=before.get("source", "its flags"))
+    elif mode == "auto":
+        found = find(cfg, args, use_gpu, data or TrainingData.of(load_arrays(cfg)))
+    else:
+        found = Finding(cfg.lr_max, cfg.lr_min, "flags")
+    return cfg.replace(lr_max=found.lr_max, lr_min=found.lr_min), found
+
+
+def find(cfg: TrainConfig, args: argparse.Namespace, use_gpu: bool,
+         data: TrainingData) -> Finding:
+    """The range test's finding (a kept sweep read again, or a new Tune run), then the
+    search's when `--lr-search`. The Tune runs join (or start) Ray if nothing has yet: an
+    in-process training (`--num-workers 0`) still runs its range test as a Tune run."""
+    settings = range_test_config(args)
+    reading = matching_finding(cfg, settings, len(data.arrays.y_train))
+    if reading is not None:  # e.g. `tune lr-find` ran first, or training never started
+        log.info(f"{cfg.run_dir}/{runs.LR_FINDER_JSON} holds a range test with these settings "
+                 "on this data: using it instead of running it again")
+    else:
+        init_ray(getattr(args, "address", None))
+        reading = trials.lr_find(cfg, settings, use_gpu=use_gpu, data=data)
+    found = Finding(reading["lr_max"], reading["lr_min"], "range-test",
+                    f"{cfg.run_dir}/{runs.LR_FINDER_JSON}", reading["method"])
+    if not getattr(args, "lr_search", False):
+        return found
+    init_ray(getattr(args, "address", None))
+    best = trials.search(cfg, found.lr_max, search_config(args), use_gpu=use_gpu, data=data,
+                         lr_min_div=found.lr_max / found.lr_min)
+    return Finding(best["lr_max"], best["lr_min"], "search", f"{cfg.run_dir}/{runs.BEST}",
+                   best["method"])
+
+
+def load_finding(run_dir: str) -> Finding:
+    """LRMIN/LRMAX found in an earlier run folder (the search's best.json wins)."""
+    run = RunFolder(run_dir)
+    for name in (runs.BEST, runs.LR_FINDER_JSON):
+        if run.exists(name):
+            f = run.read_json(name)
+            if f.get("lr_max") is None or f.get("lr_min") is None:
+                raise RunFolderError(
+                    f"{run_dir}/{name} holds no LRs: its range test could not be read "
+                    f"({f.get('settings', {}).get('error', 'no reason recorded')}); run "
+                    "`python -m raycifar.tune lr-find` there with another --method or "
+                    "--lr-min-rule, or pass --lr-max/--lr-min")
+            return Finding(float(f["lr_max"]), float(f["lr_min"]), "earlier-run",
+                           f"{run_dir}/{name}", f.get("method"))
+    raise RunFolderError(f"{run_dir} holds no {runs.LR_FINDER_JSON} or {runs.BEST}; run "
+                         "`python -m raycifar.tune lr-find` there first, or pass --lr-max/--lr-min")
+
+
+def matching_finding(cfg: TrainConfig, settings: RangeTestConfig,
+                     train_images: Optional[int] = None) -> Optional[dict]:
+    """The range test already in `cfg.run_dir`, if it swept the same LRs on the same data.
+
+    Only the sweep is expensive: its suggestions are read again from `lr_finder.csv` with the
+    method and LRMIN rule asked for now (and `lr_finder.json` rewritten to say so).
+    """
+    run = RunFolder(cfg.run_dir)
+    if not (run.exists(runs.LR_FINDER_JSON) and run.exists(runs.LR_FINDER_CSV)):
+        return None
+    old = run.read_json(runs.LR_FINDER_JSON)
+    ran, want = old.get("settings", {}), settings.to_dict()
+    if train_images is None:
+        train_images = len(load_arrays(cfg).y_train)
+    same = (all(ran.get(k) == want[k] for k in RangeTestConfig.SWEEP)
+            and ran.get("batch_size") == cfg.batch_size and ran.get("seed") == cfg.seed
+            and ran.get("train_images") == train_images)
+    if not same:
+        return None
+    rows = run.read_csv(runs.LR_FINDER_CSV, required=["lr", "loss"])
+    try:
+        result = reread([float(r["lr"]) for r in rows], [float(r["loss"]) for r in rows],
+                        method=settings.method, lr_min_rule=settings.lr_min_rule,
+                        lr_min_div=settings.lr_min_div,
+                        stopped_early=old.get("stopped_early", False),
+                        skip_start=ran.get("skip_start"), skip_end=ran.get("skip_end"),
+                        settings=ran)
+    except RangeTestError as e:
+        raise RangeTestError(f"{e} (read from the sweep kept in {cfg.run_dir}/"
+                             f"{runs.LR_FINDER_CSV}; ask for another --method or "
+                             "--lr-min-rule)") from None
+    if old.get("lr_max") is None:
+        result.settings["reread"] = ("suggestions read again from lr_finder.csv (the first "
+                                     f"reading failed: {ran.get('error', 'no LRs')})")
+    elif (old.get("method"), old.get("lr_min_rule"), old.get("lr_max")) != \
+            (result.method, result.lr_min_rule, result.lr_max):
+        result.settings["reread"] = (f"suggestions read again from lr_finder.csv (were "
+                                     f"{old.get('method')}/{old.get('lr_min_rule')}: LRMAX "
+                                     f"{old.get('lr_max')}, LRMIN {old.get('lr_min')})")
+    result.save(run)
+    return run.read_json(runs.LR_FINDER_JSON)

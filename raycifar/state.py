@@ -1,0 +1,120 @@
+"""`TrainState`: what an epoch checkpoint holds, saved, restored and checked in one place.
+
+A checkpoint is `state.pt` in the folder Ray Train registers, a dict of the fields below (the
+dataclass's field names are the keys, so adding a field is a one-place change). Tensors load
+onto the reader's own device (`load`): a run checkpointed on GPUs resumes on a CPU-only
+cluster, and each local rank of a multi-GPU node loads onto its own GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from .config import RaycifarError
+
+CHECKPOINT_FILE = "state.pt"
+
+
+class CheckpointError(RaycifarError):
+    """The checkpoint a run would resume from is unreadable or belongs to another run."""
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"].cpu())  # a checkpoint read onto a GPU has it there
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+@dataclass
+class RunClock:
+    """Wall time of a run that may be done in pieces, summed over the commands that ran it.
+
+    Each command counts up to its last checkpoint (the partial epoch of an interrupted one is
+    redone and counted then); the gaps between commands are not counted.
+    """
+    start: float = field(default_factory=time.perf_counter)
+    before: float = 0.0  # wall seconds of the earlier commands
+    commands: int = 1
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def state(self) -> dict:
+        return {"wall_seconds": self.seconds(), "commands": self.commands}
+
+
+@dataclass
+class TrainState:
+    """Everything a worker needs to go on after `epoch` as if it had never stopped."""
+
+    model: dict                   # the unwrapped network's state_dict
+    optimizer: dict
+    scheduler: dict
+    scaler: dict
+    loader_rng: torch.Tensor      # the training loader's shuffle generator
+    rng: dict                     # torch, numpy and Python global RNGs
+    epoch: int                    # the last epoch finished
+    history: list[dict]           # metrics.csv's rows so far
+    steps: list[dict]             # lr_steps.csv's rows so far
+    train_seconds: float
+    config: dict                  # TrainConfig.to_dict() of the run
+    wall_seconds: float           # RunClock: the commands so far
+    commands: int
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def capture(cls, epoch: int, learner, loader_rng: torch.Generator, history: list[dict],
+                steps: list[dict], train_seconds: float, clock: RunClock,
+                config: dict) -> "TrainState":
+        """The state after `epoch` of a `engine.Learner` (its unwrapped network's weights)."""
+        return cls(model=learner.bare.state_dict(), optimizer=learner.optimizer.state_dict(),
+                   scheduler=learner.scheduler.state_dict(), scaler=learner.scaler.state_dict(),
+                   loader_rng=loader_rng.get_state(), rng=rng_state(), epoch=epoch,
+                   history=history, steps=steps, train_seconds=train_seconds, config=config,
+                   **clock.state())
+
+    def restore(self, learner, loader_rng: torch.Generator, where: str = "") -> RunClock:
+        """Put this state into `learner`, the loader's generator and the global RNGs; returns
+        the run's clock, counting on from the commands before."""
+        then, now = self.scheduler["total_steps"], learner.scheduler.total_steps
+        if then != now:  # the driver checks this first (resume.check_resumable); Tune's fits
+            raise CheckpointError(  # do not go through it
+                f"{where}: the checkpoint's One Cycle has {then} steps, this run's {now}; resume "
+                "with the worker count it had, or start fresh with another --name")
+        learner.bare.load_state_dict(self.model)
+        learner.optimizer.load_state_dict(self.optimizer)
+        learner.scheduler.load_state_dict(self.scheduler)
+        learner.scaler.load_state_dict(self.scaler)
+        loader_rng.set_state(self.loader_rng.cpu())
+        set_rng_state(self.rng)
+        return RunClock(before=self.wall_seconds, commands=self.commands + 1)
+
+    def save(self, folder: str) -> None:
+        torch.save(dataclasses.asdict(self), os.path.join(folder, CHECKPOINT_FILE))
+
+    @classmethod
+    def load(cls, source: Any, device: Optional[torch.device] = None) -> "TrainState":
+        """From a path or file object, tensors on `device` (default: the CPU)."""
+        raw = read_state(source, device or torch.device("cpu"))
+        return cls(**{k: raw[k] for k in cls.keys()})
+
+
+def read_state(source: Any, device: Any = "cpu") -> dict:
+    """A checkpoint's raw dict with its tensors on `device`, whatever device wrote them."""
+    return torch.load(source, weights_only=False, map_location=device)
