@@ -51,6 +51,8 @@ HELP = {
                         "continue (0 = train to the end)",
     "num_workers": "Ray Train workers (0 = run in this process without a cluster)",
     "cpus_per_worker": "CPUs each worker reserves (torch uses this many threads)",
+    "gpus_per_worker": "GPUs each worker reserves when training on GPUs; a fraction (0.25) "
+                       "packs the workers of several search or seed trials onto one GPU",
     "use_gpu": "train on GPUs (default: when the cluster has any)",
     "storage_path": "where run folders go: an absolute path or a URI (s3://, gs://); "
                     "a relative path is made absolute",

@@ -58,19 +58,22 @@ def check_shared_storage(storage_path: str, nodes: Iterable[Mapping[str, Any]], 
         "mounts at the same path (NFS, a ReadWriteMany volume), add --shared-storage")
 
 
-def placeable_workers(nodes: Iterable[Mapping[str, Any]], cpus_per_worker: int,
-                      use_gpu: bool) -> int:
-    """How many workers of this shape the alive nodes can hold at once."""
+def placeable_workers(nodes: Iterable[Mapping[str, Any]], need: Mapping[str, float]) -> int:
+    """How many workers that each reserve `need` (TrainConfig.worker_resources) the alive
+    nodes can hold at once; a worker sits on one node, so each node is counted on its own."""
     total = 0
     for node in nodes:
         if not node.get("Alive"):
             continue
-        res = node.get("Resources", {})
-        fit = int(res.get("CPU", 0) // cpus_per_worker)
-        if use_gpu:
-            fit = min(fit, int(res.get("GPU", 0)))
-        total += fit
+        have = node.get("Resources", {})
+        # a hair of slack: 4 x 0.25 GPU must fit on 1.0 GPU despite floating point
+        total += min(int(have.get(k, 0) / v + 1e-9) for k, v in need.items() if v > 0)
     return total
+
+
+def shape(need: Mapping[str, float]) -> str:
+    """`2 CPU + 0.25 GPU` for messages."""
+    return " + ".join(f"{v:g} {k}" for k, v in need.items())
 
 
 def check_placement(cfg, nodes: Iterable[Mapping[str, Any]], use_gpu: bool,
@@ -79,12 +82,12 @@ def check_placement(cfg, nodes: Iterable[Mapping[str, Any]], use_gpu: bool,
 
     Returns how many workers fit."""
     nodes = list(nodes)
-    room = placeable_workers(nodes, cfg.cpus_per_worker, use_gpu)
+    need = cfg.worker_resources(use_gpu)
+    room = placeable_workers(nodes, need)
     if room >= cfg.num_workers:
         return room
-    shape = f"{cfg.cpus_per_worker} CPU" + (" + 1 GPU" if use_gpu else "")
-    msg = (f"{cfg.num_workers} workers of {shape} each cannot be placed: the cluster has room "
-           f"for {room}; lower --num-workers or --cpus-per-worker")
+    msg = (f"{cfg.num_workers} workers of {shape(need)} each cannot be placed: the cluster has "
+           f"room for {room}; lower --num-workers, --cpus-per-worker or --gpus-per-worker")
     if local:
         raise RaycifarError(msg)
     from .logs import log
@@ -93,17 +96,11 @@ def check_placement(cfg, nodes: Iterable[Mapping[str, Any]], use_gpu: bool,
     return room
 
 
-def trial_slots(nodes: Iterable[Mapping[str, Any]], workers_per_trial: int,
-                cpus_per_worker: int, use_gpu: bool) -> int:
-    """How many Tune trials, each a Train run of `workers_per_trial` workers, fit at once."""
-    room = placeable_workers(nodes, cpus_per_worker, use_gpu)
-    return room // max(workers_per_trial, 1)
-
-
-def search_concurrency(nodes: Iterable[Mapping[str, Any]], cfg, use_gpu: bool, trials: int,
-                       max_concurrent: Optional[int] = None) -> int:
-    """Trials the search runs at once: `max_concurrent` when given (an autoscaling cluster that
-    adds nodes on demand), else what the alive nodes can place now, at most `trials`.
+def trial_concurrency(nodes: Iterable[Mapping[str, Any]], cfg, use_gpu: bool, trials: int,
+                      max_concurrent: Optional[int] = None, what: str = "search") -> int:
+    """Trials (a search's candidates, seeds) to run at once: `max_concurrent` when given (an
+    autoscaling cluster that adds nodes on demand), else what the alive nodes can place now,
+    at most `trials`.
 
     A trial holds no CPU or GPU itself; its Train workers do. Running more trials than their
     workers can be placed would leave Train runs waiting for workers held by sibling trials,
@@ -112,14 +109,14 @@ def search_concurrency(nodes: Iterable[Mapping[str, Any]], cfg, use_gpu: bool, t
     if max_concurrent is not None:
         return max(1, min(max_concurrent, trials))
     nodes = list(nodes)
-    slots = trial_slots(nodes, cfg.num_workers, cfg.cpus_per_worker, use_gpu)
+    need = cfg.worker_resources(use_gpu)
+    slots = placeable_workers(nodes, need) // max(cfg.num_workers, 1)
     if slots < 1:
-        shape = f"{cfg.cpus_per_worker} CPU" + (" + 1 GPU" if use_gpu else "")
         raise RaycifarError(
-            f"the search cannot place one trial: each trains {cfg.num_workers} worker(s) of "
-            f"{shape}, and the cluster's alive nodes have room for "
-            f"{placeable_workers(nodes, cfg.cpus_per_worker, use_gpu)} ({describe(nodes)}); "
-            "lower --num-workers or --cpus-per-worker, or, on an autoscaling cluster that adds "
+            f"the {what} cannot place one trial: each trains {cfg.num_workers} worker(s) of "
+            f"{shape(need)}, and the cluster's alive nodes have room for "
+            f"{placeable_workers(nodes, need)} ({describe(nodes)}); lower --num-workers, "
+            "--cpus-per-worker or --gpus-per-worker, or, on an autoscaling cluster that adds "
             "nodes on demand, pass --max-concurrent N")
     return min(slots, trials)
 

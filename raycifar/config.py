@@ -79,6 +79,8 @@ class TrainConfig:
     # --- Ray ---
     num_workers: int = 1
     cpus_per_worker: int = 2
+    gpus_per_worker: float = 1.0          # on GPUs; below 1 packs workers (of several trials)
+                                          # onto one GPU: this network uses ~1 GB of it
     use_gpu: Optional[bool] = None        # None: use GPUs when the cluster has them
     storage_path: str = "~/raycifar_runs" # absolute path or URI (s3://, gs://)
     shared_storage: bool = False          # a local storage_path every node mounts (NFS)
@@ -100,6 +102,10 @@ class TrainConfig:
         if unknown:
             raise ConfigError([f"unknown config key(s) {unknown}; known keys: {sorted(known)}"])
         return cls(**values)
+
+    def worker_resources(self, use_gpu: bool) -> dict[str, float]:
+        """What each Train worker (and the range test's trial) reserves on the cluster."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if use_gpu else {})}
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -143,6 +149,9 @@ def _validate(c: TrainConfig) -> list[str]:
              f"batch_size={c.batch_size} cannot be split evenly across num_workers="
              f"{c.num_workers}; use a batch size divisible by the worker count")
     need(c.cpus_per_worker >= 1, f"cpus_per_worker={c.cpus_per_worker} must be >= 1")
+    need(0 < c.gpus_per_worker <= 1 or float(c.gpus_per_worker).is_integer(),
+         f"gpus_per_worker={c.gpus_per_worker} must be a fraction in (0, 1] (workers sharing "
+         "a GPU) or a whole number")
     need(c.loader_workers >= 0, f"loader_workers={c.loader_workers} must be >= 0")
     need(c.subset == 0 or c.subset >= 10,
          f"subset={c.subset} must be 0 (all data) or >= 10 images")
@@ -210,6 +219,8 @@ class SearchConfig:
     epochs: int = 4                       # One Cycle epochs per candidate
     holdout: int = 5000                   # training images held out to rank the candidates
     max_concurrent: Optional[int] = None  # trials at once; None: what the cluster can place
+    length: Optional[str] = None          # short | full (the run's own cycle); None: full on
+                                          # GPUs, short on CPUs (trials.search_plan)
     span: float = 4.0
 
     def __post_init__(self) -> None:
@@ -221,6 +232,8 @@ class SearchConfig:
                      "LR can rise to the peak and fall after it")
         if self.holdout < 1:
             p.append(f"holdout={self.holdout} must be >= 1; raise --holdout")
+        if self.length not in (None, "short", "full"):
+            p.append(f"length={self.length!r} is not one of ('short', 'full')")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             p.append(f"--max-concurrent {self.max_concurrent} must be >= 1 (leave it out to "
                      "run as many trials as the cluster can place)")

@@ -23,7 +23,7 @@ from torch import nn
 
 from .batch_augment import DeviceBatches
 from .config import RaycifarError, TrainConfig
-from .data import ArrayDataset, TrainingData
+from .data import ArrayDataset, TrainingData, batches_per_epoch
 from .model import CustomResNet
 from .progress import EpochProgress
 from .runtime import Runtime
@@ -154,6 +154,14 @@ def test_batches(data: TrainingData, rank: int = 0, world: int = 1,
     dataset = ArrayDataset(data.arrays.x_test[idx], data.arrays.y_test[idx],
                            eval_transform(data.mean, data.std))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0), idx
+
+
+def one_cycle(cfg: TrainConfig, train_images: int) -> OneCycle:
+    """The run's One Cycle for `train_images` split across its workers; built on the driver
+    too, so that too little data for it is one error line there, not a traceback from every
+    worker."""
+    return OneCycle(cfg.lr_min, cfg.lr_max, cfg.epochs, cfg.peak_epoch,
+                    batches_per_epoch(train_images, cfg.batch_size, max(cfg.num_workers, 1)))
 
 
 # ----------------------------------------------------------------------------- running

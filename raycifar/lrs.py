@@ -21,10 +21,19 @@ from .lr_finder import LRMAX_METHODS, LRMIN_RULES, RangeTestError, reread
 from .runs import RunFolder, RunFolderError
 
 
-def add_lr_arguments(parser: argparse.ArgumentParser, search_flag: bool = True) -> None:
-    """The range test's and the search's flags; `--lr-search` where the search is optional."""
+def add_lr_arguments(parser: argparse.ArgumentParser, search_flag: bool = True,
+                     choice_flags: bool = True) -> None:
+    """The range test's and the search's flags; `--lr-search` where the search is optional,
+    `--lr` and `--lr-from` where LRs may also be typed in or taken from an earlier run."""
     d, s = RangeTestConfig(), SearchConfig()
     group = parser.add_argument_group("finding LRMAX and LRMIN")
+    if choice_flags:
+        group.add_argument("--lr", choices=["auto", "manual"], default=None,
+                           help="auto: run the LR range test first and train with the "
+                                "LRMAX/LRMIN it finds; manual: train with --lr-max/--lr-min "
+                                "(default: auto, unless --lr-max or --lr-min is given)")
+        group.add_argument("--lr-from", metavar="RUN_DIR", default=None,
+                           help="reuse the LRMAX/LRMIN found in an earlier run folder")
     group.add_argument("--start-lr", type=float, default=d.start_lr,
                        help="range test: first LR of the sweep")
     group.add_argument("--end-lr", type=float, default=d.end_lr,
@@ -50,9 +59,14 @@ def add_lr_arguments(parser: argparse.ArgumentParser, search_flag: bool = True) 
                        help="search: epochs per candidate")
     group.add_argument("--holdout", type=int, default=s.holdout,
                        help="search: training images held out to rank the candidates")
+    group.add_argument("--search-length", choices=["short", "full"], default=None,
+                       help="search: short = --search-epochs of One Cycle per candidate, judged "
+                            "after one epoch; full = the run's own cycle with the found LRMIN, "
+                            "judged from halfway (default: full on GPUs, short on CPUs)")
     group.add_argument("--max-concurrent", type=int, default=None, metavar="N",
-                       help="search: trials at once (default: as many as the cluster can place "
-                            "now; give it on an autoscaling cluster that adds nodes on demand)")
+                       help="search or seeds: trials at once (default: as many as the cluster "
+                            "can place now; give it on an autoscaling cluster that adds nodes "
+                            "on demand)")
 
 
 def range_test_config(args: argparse.Namespace) -> RangeTestConfig:
@@ -61,7 +75,8 @@ def range_test_config(args: argparse.Namespace) -> RangeTestConfig:
 
 
 def search_config(args: argparse.Namespace) -> SearchConfig:
-    return SearchConfig(args.candidates, args.search_epochs, args.holdout, args.max_concurrent)
+    return SearchConfig(args.candidates, args.search_epochs, args.holdout, args.max_concurrent,
+                        args.search_length)
 
 
 def lr_mode(args: argparse.Namespace) -> str:
@@ -117,8 +132,8 @@ def find(cfg: TrainConfig, args: argparse.Namespace, use_gpu: bool,
     if not getattr(args, "lr_search", False):
         return found
     init_ray(getattr(args, "address", None))
-    best = trials.search(cfg, found.lr_max, search_config(args), use_gpu=use_gpu, data=data,
-                         lr_min_div=found.lr_max / found.lr_min)
+    best = trials.search(cfg, found.lr_max, search_config(args), lr_min=found.lr_min,
+                         use_gpu=use_gpu, data=data)
     return Finding(best["lr_max"], best["lr_min"], "search", f"{cfg.run_dir}/{runs.BEST}",
                    best["method"])
 

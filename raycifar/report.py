@@ -268,10 +268,60 @@ def _summary_table(s: dict[str, Any]) -> list[str]:
     return ["| result | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
 
+def draw_seeds(curves: dict[int, dict[str, np.ndarray]], path: Path) -> Path:
+    """Test accuracy per epoch: each seed a thin line, their mean bold."""
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    for seed, m in sorted(curves.items()):
+        ax.plot(m["epoch"], 100 * m["test_acc"], lw=0.8, alpha=0.7, label=f"seed {seed}")
+    n = min(len(m["epoch"]) for m in curves.values())
+    first = next(iter(curves.values()))
+    mean = np.mean([m["test_acc"][:n] for m in curves.values()], axis=0)
+    ax.plot(first["epoch"][:n], 100 * mean, color="k", lw=2.5,
+            label=f"mean of {len(curves)} seeds")
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy per seed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def write_seeds_report(run: RunFolder, out: Path) -> Path:
+    """report.md of a seeds run (`python -m raycifar.tune seeds`): the table, the spread, the
+    per-seed curves and the shared range test."""
+    from .seeds import SEEDS_CSV, SEEDS_JSON, describe
+
+    summary = run.read_json(SEEDS_JSON)
+    rows = run.read_csv(SEEDS_CSV, ["seed", "run", "final_test_acc"])
+    md = [f"# Seeds report: {summary['config'].get('name', run.uri)}", "",
+          f"Run folder: `{run.uri}`  ", f"{describe(summary)}  ",
+          f"LRMAX {summary['lr_max']:.4g}, LRMIN {summary['lr_min']:.4g} from: "
+          f"{_lr_source(summary)}", "", "| " + " | ".join(rows[0]) + " |" if rows else "",
+          "|" + "---|" * len(rows[0]) if rows else ""]
+    md += ["| " + " | ".join(r.values()) + " |" for r in rows]
+    if rows:
+        curves = {int(r["seed"]): read_columns(RunFolder(r["run"]), runs.METRICS, METRICS)
+                  for r in rows}
+        md += ["", "## Test accuracy per seed", "",
+               f"![seeds]({draw_seeds(curves, out / 'seeds.png').name})"]
+    if run.exists(runs.LR_FINDER_CSV) and run.exists(runs.LR_FINDER_JSON):
+        choice = run.read_json(runs.LR_FINDER_JSON)
+        curve = read_columns(run, runs.LR_FINDER_CSV, runs.LR_FINDER_COLUMNS[1:])
+        if choice.get("lr_max") is not None:
+            md += ["", "## LR range test (shared by every seed)", "",
+                   f"![LR range test]({draw_lr_finder(curve, choice, out / 'lr_finder.png').name})"]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    return out / "report.md"
+
+
 def write_report(uri: str, out_dir: str) -> Path:
-    """Read the run at `uri`, write every PNG and report.md into `out_dir`; returns report.md."""
-    data = load_run(uri)
+    """Read the run at `uri`, write every PNG and report.md into `out_dir`; returns report.md.
+    A seeds run's folder gets the seeds report instead."""
     out = Path(out_dir)
+    run = existing_run(uri)
+    if run.exists("seeds.json"):
+        out.mkdir(parents=True, exist_ok=True)
+        return write_seeds_report(run, out)
+    data = load_run(uri)
     out.mkdir(parents=True, exist_ok=True)
     meta = data.config
     md = [f"# Run report: {meta['config'].get('name', uri)}", "", f"Run folder: `{uri}`  ",

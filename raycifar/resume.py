@@ -27,7 +27,8 @@ STATE_KEYS = TrainState.keys()
 # Settings a resumed run may change: where things are, how many processes, when to stop, and
 # whether the same network is torch.compile'd.
 MAY_CHANGE = {"data_dir", "data_format", "cache_dir", "loader_workers", "num_workers",
-              "cpus_per_worker", "use_gpu", "storage_path", "shared_storage", "name",
+              "cpus_per_worker", "gpus_per_worker", "use_gpu", "storage_path", "shared_storage",
+              "name",
               "max_failures", "stop_after_epoch", "compile"}
 
 

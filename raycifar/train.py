@@ -17,12 +17,12 @@ from .cli import add_config_arguments, add_debug_flag, config_from_args, run_cli
 from .cluster import check_placement, check_shared_storage
 from .config import TrainConfig
 from .connect import init_ray, nodes, resolve_use_gpu
-from .data import TrainingData, batches_per_epoch, check_hold_out, load_arrays
+from .data import TrainingData, check_hold_out, load_arrays
+from .engine import one_cycle
 from .logs import log
 from .lrs import add_lr_arguments, check_lr_args, choose_lrs
 from .resume import check_resumable, latest_checkpoint
 from .runs import RunFolder, check_writable
-from .schedule import OneCycle
 from .trainer import fit, git_commit
 
 GPU_FEEDING_LOADERS = 16  # ~70,000 / ~5,000 images/s on the H200 machine, rounded up
@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
     arrays = load_arrays(cfg)
     log.info(f"data: {len(arrays.y_train)} train / {len(arrays.y_test)} test images, "
              f"classes {arrays.classes}")
-    cycle = check_cycle(cfg, len(arrays.y_train))
+    cycle = one_cycle(cfg, len(arrays.y_train))
     if args.lr_search:
         check_hold_out(args.holdout, len(arrays.y_train))
     check_writable(cfg.storage_path)
@@ -99,14 +99,6 @@ def fit_or_keep(cfg: TrainConfig, use_gpu: bool, meta: dict, data: TrainingData,
         raise KeyboardInterrupt from e
 
 
-def check_cycle(cfg: TrainConfig, train_images: int) -> OneCycle:
-    """The run's One Cycle, built on the driver so that too little data for it is one error
-    line here, not a traceback from every worker."""
-    world = max(cfg.num_workers, 1)
-    return OneCycle(cfg.lr_min, cfg.lr_max, cfg.epochs, cfg.peak_epoch,
-                    batches_per_epoch(train_images, cfg.batch_size, world))
-
-
 def loader_hint(cfg: TrainConfig, use_gpu: bool) -> Optional[str]:
     """On a GPU the albumentations loader, not the GPU, sets the pace unless it has many
     workers (results/gpu-h200: ~5,000 images/s per worker against ~70,000 the model takes)."""
@@ -129,12 +121,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the Ray cluster to join (host:port, 'auto' or ray://host:port); "
                              "default: RAY_ADDRESS (set in `ray job submit` jobs), else the "
                              "cluster `ray start` runs on this node, else a new local Ray")
-    parser.add_argument("--lr", choices=["auto", "manual"], default=None,
-                        help="auto: run the LR range test first and train with the LRMAX/LRMIN "
-                             "it finds; manual: train with --lr-max/--lr-min (default: auto, "
-                             "unless --lr-max or --lr-min is given)")
-    parser.add_argument("--lr-from", metavar="RUN_DIR", default=None,
-                        help="reuse the LRMAX/LRMIN found in an earlier run folder")
     add_lr_arguments(parser)
     add_debug_flag(parser)
     return parser

@@ -313,7 +313,7 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
         data = TrainingData.of(load_arrays(cfg))
     if cfg.num_workers > 0 and not isinstance(data, ray.ObjectRef):
         data = ray.put(data)  # once per run; each node's workers read their node's copy
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    resources = cfg.worker_resources(use_gpu)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": cfg.to_dict(), "meta": meta, "data": data,

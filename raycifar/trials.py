@@ -1,20 +1,22 @@
-"""Ray Tune glue: the LR range test as a Tune run, and the LRMAX search.
+"""Ray Tune glue: the LR range test as a Tune run, the LRMAX search, and seeds.
 
 `lr_find` runs `lr_finder.range_test` inside one Tune trial and reports every step's loss to
 Tune (so the curve shows in the dashboard and in Tune's results). `search` tries K LRMAX
 candidates on a log grid around the range test's suggestion, each a short One Cycle run (a
 TorchTrainer launched from a Tune function trainable, Ray 2.60 style) with the same peak
 fraction, evaluated on a held-out slice of the training set; ASHA stops the weak ones.
+`seeds` runs N full trainings that differ only in `--seed` as parallel trials.
 
 Both run on any cluster as it is: a search trial holds no CPU or GPU, only a little memory
 (every node has that resource), and its Train workers hold the rest; how many trials run at
-once is what the cluster can place (`cluster.search_concurrency`), or `--max-concurrent`. The
+once is what the cluster can place (`cluster.trial_concurrency`), or `--max-concurrent`. The
 data the driver loaded reaches every trial and worker through Ray's object store.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -23,12 +25,12 @@ from torch import nn
 
 from . import runs
 from .config import RaycifarError, RangeTestConfig, SearchConfig, TrainConfig
-from .data import TrainingData, batches_per_epoch, load_arrays
-from .engine import build_model, make_optimizer, train_batches
+from .data import TrainingData, load_arrays
+from .engine import build_model, make_optimizer, one_cycle, train_batches
 from .lr_finder import RangeTestError, range_test
 from .runs import RunFolder
 from .runtime import Runtime
-from .schedule import OneCycle
+from .seeds import seed_run_name, write_table
 from .trainer import fit
 
 # What a search trial holds itself: its Train workers hold the CPUs and GPUs. Tune needs some
@@ -86,15 +88,15 @@ def lr_find(cfg: TrainConfig, settings: RangeTestConfig = RangeTestConfig(),
     """Run the range test as a Tune run; returns (and leaves in the run folder) its reading,
     lr_finder.json's contents.
 
-    The trial holds what one training worker would (`cpus_per_worker` CPUs, a GPU when
-    `use_gpu`) and gets `data` (default: loaded here) through the object store. The sweep
+    The trial holds what one training worker would (`cpus_per_worker` CPUs, `gpus_per_worker`
+    when `use_gpu`) and gets `data` (default: loaded here) through the object store. The sweep
     always feeds albumentations: the same distribution as `--augment gpu`, in a trial that
     holds one worker's CPUs.
     """
     from ray import tune
 
     data = data or TrainingData.of(load_arrays(cfg))
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    resources = cfg.worker_resources(use_gpu)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(range_test_trainable, data=data), resources),
         param_space={"train": cfg.to_dict(), "range_test": settings.to_dict(),
@@ -109,16 +111,15 @@ def lr_find(cfg: TrainConfig, settings: RangeTestConfig = RangeTestConfig(),
 
 
 def search_trainable(config: dict, data=None) -> None:
-    """One Tune trial: a short One Cycle run with this trial's LRMAX, under Ray Train; `data`
-    is the object-store reference its workers read (the trial never unpacks it)."""
+    """One Tune trial: a One Cycle run with this trial's LRMAX and LRMIN, under Ray Train;
+    `data` is the object-store reference its workers read (the trial never unpacks it)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    cfg = TrainConfig.from_dict(config["train"])
-    lr_max = float(config["lr_max"])
+    lr_max, lr_min = config["candidate"]
     trial = tune.get_context().get_trial_id()
-    cfg = cfg.replace(lr_max=lr_max, lr_min=lr_max / config["lr_min_div"],
-                      name=f"{cfg.name}-trial-{trial}")
+    cfg = TrainConfig.from_dict(config["train"]).replace(
+        lr_max=lr_max, lr_min=lr_min, name=f"{config['train']['name']}-trial-{trial}")
     fit(cfg, config["use_gpu"], callbacks=[TuneReportCallback()], data=data)
 
 
@@ -129,11 +130,47 @@ def candidates(center: float, k: int, span: float = 4.0) -> list[float]:
     return [float(x) for x in np.geomspace(center / span, center * span, k)]
 
 
+@dataclass(frozen=True)
+class SearchPlan:
+    """What each candidate trains: `short` (its config, before its LRs) and the (LRMAX,
+    LRMIN) pairs, and when ASHA first judges (epochs)."""
+
+    length: str
+    short: TrainConfig
+    pairs: list[tuple[float, float]]
+    grace: int
+
+
+def search_plan(cfg: TrainConfig, center: float, lr_min: float, settings: SearchConfig,
+                use_gpu: bool, lrs: Optional[list[float]] = None) -> SearchPlan:
+    """The candidates of a search around `center`, for `short` or `full` runs.
+
+    short: `settings.epochs` of One Cycle with the run's peak fraction, LRMIN = LRMAX times the
+    found LRMIN/LRMAX ratio, judged by ASHA after one epoch (cheap, but at the peak: it favours
+    low LRMAX). full (the default on GPUs): the run's own 24-epoch cycle with the found LRMIN
+    (at most LRMAX/2), judged no earlier than halfway, so a candidate is what the real run
+    would be. Both rank candidates on `settings.holdout` held-out training images.
+    """
+    grid = lrs or candidates(center, settings.candidates, settings.span)
+    length = settings.length or ("full" if use_gpu else "short")
+    held = {"stop_after_epoch": 0, "validation": settings.holdout}
+    if length == "full":
+        return SearchPlan(length, cfg.replace(**held),
+                          [(lr, min(lr_min, lr / 2)) for lr in grid],
+                          max(cfg.peak_epoch + 1, cfg.epochs // 2))
+    epochs = settings.epochs
+    peak = min(max(1, round(epochs * cfg.peak_epoch / cfg.epochs)), epochs - 1)
+    ratio = lr_min / center
+    return SearchPlan(length, cfg.replace(epochs=epochs, peak_epoch=peak, **held),
+                      [(lr, lr * ratio) for lr in grid], 1)
+
+
 def search(cfg: TrainConfig, center: float, settings: SearchConfig = SearchConfig(),
-           lr_min_div: float = 10, use_gpu: bool = False, data: Optional[TrainingData] = None,
-           lrs: Optional[list[float]] = None) -> dict:
-    """ASHA over the candidates (`lrs`, default: the log grid around `center`); writes
-    lr_search.csv and best.json under cfg.run_dir and returns best.json's contents.
+           lr_min: Optional[float] = None, use_gpu: bool = False,
+           data: Optional[TrainingData] = None, lrs: Optional[list[float]] = None) -> dict:
+    """ASHA over the candidates (`lrs`, default: the log grid around `center`, the range test's
+    LRMAX; `lr_min` its LRMIN, default center/10); writes lr_search.csv and best.json under
+    cfg.run_dir and returns best.json's contents.
 
     `settings.holdout` of the training images in `data` (default: loaded here) are held out
     to rank the candidates; the rest reach every trial's workers through the object store.
@@ -142,53 +179,87 @@ def search(cfg: TrainConfig, center: float, settings: SearchConfig = SearchConfi
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from .cluster import search_concurrency
+    from .cluster import trial_concurrency
 
-    s = settings
-    peak = max(1, round(s.epochs * cfg.peak_epoch / cfg.epochs))
-    short = cfg.replace(epochs=s.epochs, peak_epoch=min(peak, s.epochs - 1), stop_after_epoch=0,
-                        validation=s.holdout)
+    plan = search_plan(cfg, center, lr_min or center / 10, settings, use_gpu, lrs)
     data = data or TrainingData.of(load_arrays(cfg))
-    held = TrainingData.of(data.arrays.hold_out(s.holdout, cfg.seed))
-    OneCycle(short.lr_min, short.lr_max, short.epochs, short.peak_epoch,  # enough data for it?
-             batches_per_epoch(len(held.arrays.y_train), short.batch_size,
-                               max(short.num_workers, 1)))
-    grid_lrs = lrs or candidates(center, s.candidates, s.span)
-    slots = search_concurrency(ray.nodes(), cfg, use_gpu, len(grid_lrs), s.max_concurrent)
+    held = TrainingData.of(data.arrays.hold_out(settings.holdout, cfg.seed))
+    one_cycle(plan.short, len(held.arrays.y_train))  # enough data for the cycle?
+    slots = trial_concurrency(ray.nodes(), cfg, use_gpu, len(plan.pairs), settings.max_concurrent)
     trainable = tune.with_parameters(search_trainable, data=ray.put(held))
     tuner = tune.Tuner(
         tune.with_resources(trainable, TRIAL_DRIVER),
-        param_space={"train": short.to_dict(), "lr_max": tune.grid_search(grid_lrs),
-                     "lr_min_div": lr_min_div, "use_gpu": use_gpu},
+        param_space={"train": plan.short.to_dict(), "candidate": tune.grid_search(plan.pairs),
+                     "use_gpu": use_gpu},
         tune_config=tune.TuneConfig(
             # ASHA ranks by held-out loss: continuous, so no ties on a small held-out set; the
             # winner is then picked by held-out accuracy among the runs that went the distance.
             metric="test_loss", mode="min", max_concurrent_trials=slots,
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=s.epochs,
-                                    grace_period=1, reduction_factor=2)),
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=plan.short.epochs,
+                                    grace_period=plan.grace, reduction_factor=2)),
         run_config=tune.RunConfig(name=f"{cfg.name}-lr-search", storage_path=cfg.storage_path,
                                   verbose=0),
     )
-    rows = [_search_row(r, lr_min_div) for r in _fit(tuner)]
+    rows = [_search_row(r) for r in _fit(tuner)]
     rows.sort(key=lambda r: r["lr_max"])
     best = max(rows, key=lambda r: (r["epochs_run"], _finite(r["held_out_acc"]),
                                     _finite(-r["held_out_loss"])))
     run = RunFolder(cfg.run_dir)
     run.write_csv(runs.LR_SEARCH, rows, runs.LR_SEARCH_COLUMNS)
     finding = {"lr_max": best["lr_max"], "lr_min": best["lr_min"], "method": "asha-search",
-               "held_out_acc": best["held_out_acc"], "candidates": grid_lrs,
-               "search_epochs": s.epochs, "validation_images": s.holdout, "center": center}
+               "length": plan.length, "held_out_acc": best["held_out_acc"],
+               "candidates": [p[0] for p in plan.pairs], "search_epochs": plan.short.epochs,
+               "validation_images": settings.holdout, "center": center}
     run.write_json(runs.BEST, finding)
     return finding
 
 
-def _search_row(result, lr_min_div: float) -> dict:
+def _search_row(result) -> dict:
     m = result.metrics or {}
-    lr_max = result.config["lr_max"]
-    return {"lr_max": lr_max, "lr_min": lr_max / lr_min_div,
+    lr_max, lr_min = result.config["candidate"]
+    return {"lr_max": lr_max, "lr_min": lr_min,
             "epochs_run": m.get("training_iteration", 0),
             "held_out_acc": m.get("test_acc", float("nan")),
             "held_out_loss": m.get("test_loss", float("nan"))}
+
+
+def seed_trainable(config: dict, data=None) -> None:
+    """One Tune trial: a full training with this trial's seed (a TorchTrainer) in its own run
+    folder; re-run, it resumes from that folder's checkpoint, or, finished, does nothing."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    base = TrainConfig.from_dict(config["train"])
+    cfg = base.replace(seed=config["seed"], name=seed_run_name(base.name, config["seed"]))
+    if RunFolder(cfg.run_dir).exists(runs.SUMMARY):
+        return
+    fit(cfg, config["use_gpu"], config["meta"], callbacks=[TuneReportCallback()], data=data)
+
+
+def seeds(cfg: TrainConfig, n: int, use_gpu: bool, data: TrainingData, meta: dict,
+          max_concurrent: Optional[int] = None) -> dict:
+    """N trainings that differ only in their seed (cfg.seed, cfg.seed + 1, ...) as parallel
+    Tune trials, on the same data (selected with cfg.seed) and LRs; writes seeds.csv and
+    seeds.json in cfg.run_dir and returns seeds.json's contents."""
+    import ray
+    from ray import tune
+
+    from .cluster import trial_concurrency
+
+    values = [cfg.seed + k for k in range(n)]
+    slots = trial_concurrency(ray.nodes(), cfg, use_gpu, n, max_concurrent, what="seeds run")
+    trainable = tune.with_parameters(seed_trainable, data=ray.put(data))
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, TRIAL_DRIVER),
+        param_space={"train": cfg.to_dict(), "seed": tune.grid_search(values),
+                     "use_gpu": use_gpu, "meta": meta},
+        tune_config=tune.TuneConfig(max_concurrent_trials=slots),
+        run_config=tune.RunConfig(name=f"{cfg.name}-seeds", storage_path=cfg.storage_path,
+                                  verbose=0),
+    )
+    _fit(tuner)
+    return write_table(cfg.storage_path, cfg.name, values,
+                       {"lr_max": cfg.lr_max, "lr_min": cfg.lr_min,
+                        "lr_source": meta.get("lr_source"), "config": cfg.to_dict()})
 
 
 def _finite(x: float) -> float:

@@ -2,6 +2,7 @@
 
     python -m raycifar.tune lr-find --data-dir D --name N     # writes N/lr_finder.{csv,json}
     python -m raycifar.tune search  --data-dir D --name N     # ... and N/lr_search.csv, best.json
+    python -m raycifar.tune seeds --seeds 5 --data-dir D --name N   # N-seed0..4, seeds.json
     python -m raycifar.tune triangle --out tri.png            # plot a triangular cyclic LR
 
 The Tune runs themselves are `trials.py`; choosing the LRs (and reading a kept sweep again
@@ -13,22 +14,30 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from . import runs
+import sys
+
+from . import __version__, runs
 from .cli import add_config_arguments, add_debug_flag, config_from_args, run_cli
-from .cluster import check_placement
+from .cluster import check_placement, check_shared_storage
 from .config import RaycifarError
 from .connect import init_ray, nodes, resolve_use_gpu
 from .data import TrainingData, check_hold_out, load_arrays
+from .engine import one_cycle
 from .logs import log
-from .lrs import add_lr_arguments, matching_finding, range_test_config, search_config
-from .runs import check_writable
-from .trials import lr_find, search
+from .lrs import (add_lr_arguments, check_lr_args, choose_lrs, matching_finding,
+                  range_test_config, search_config)
+from .runs import RunFolder, check_writable
+from .seeds import describe as describe_seeds
+from .trainer import git_commit
+from .trials import lr_find, search, seeds
 
 
 def run(args: argparse.Namespace) -> int:
     """One subcommand, after parsing."""
     if args.command == "triangle":
         return _triangle(args)
+    if args.command == "seeds":
+        return run_seeds(args)
     cfg = config_from_args(args)
     settings = range_test_config(args)
     searching = search_config(args) if args.command == "search" else None
@@ -51,11 +60,41 @@ def run(args: argparse.Namespace) -> int:
     log.info(f"range test: LRMAX {reading['lr_max']:.4g}, LRMIN {reading['lr_min']:.4g} "
              f"({reading['method']}); {cfg.run_dir}/{runs.LR_FINDER_CSV}")
     if searching:
-        best = search(cfg, reading["lr_max"], searching, use_gpu=use_gpu, data=data,
-                      lr_min_div=reading["lr_max"] / reading["lr_min"])
+        best = search(cfg, reading["lr_max"], searching, lr_min=reading["lr_min"],
+                      use_gpu=use_gpu, data=data)
         log.info(f"search: LRMAX {best['lr_max']:.4g}, LRMIN {best['lr_min']:.4g}, held-out "
                  f"accuracy {best['held_out_acc']:.4f}; {cfg.run_dir}/{runs.BEST}")
     return 0
+
+
+def run_seeds(args: argparse.Namespace) -> int:
+    """N trainings that differ only in --seed, as parallel Tune trials, with the LRs chosen
+    once (by the range test unless typed in); re-run, it resumes the unfinished seeds with the
+    LRs it chose the first time."""
+    cfg = config_from_args(args)
+    check_lr_args(args)
+    if args.seeds < 1:
+        raise RaycifarError(f"--seeds {args.seeds} must be >= 1")
+    arrays = load_arrays(cfg)
+    one_cycle(cfg, len(arrays.y_train))
+    if args.lr_search:
+        check_hold_out(args.holdout, len(arrays.y_train))
+    check_writable(cfg.storage_path)
+    data = TrainingData.of(arrays)
+    joined = init_ray(args.address)
+    use_gpu = resolve_use_gpu(cfg.use_gpu)
+    check_placement(cfg, nodes(), use_gpu, local=not joined)
+    check_shared_storage(cfg.storage_path, nodes(), shared=cfg.shared_storage)
+    folder = RunFolder(cfg.run_dir)
+    cfg, found = choose_lrs(cfg, args, use_gpu, folder.exists(runs.CONFIG), data)
+    log.info(f"LRMAX {cfg.lr_max:.4g}, LRMIN {cfg.lr_min:.4g} from {found.describe()}, shared "
+             f"by {args.seeds} seeds from {cfg.seed}")
+    meta = {"version": __version__, "git_commit": git_commit(), "command": " ".join(sys.argv),
+            "lr_source": found.to_dict()}
+    folder.write_json(runs.CONFIG, {"config": cfg.to_dict(), **meta, "seeds": args.seeds})
+    summary = seeds(cfg, args.seeds, use_gpu, data, meta, args.max_concurrent)
+    log.info(f"{describe_seeds(summary)}; {cfg.run_dir}/seeds.json")
+    return 0 if not summary["unfinished"] else 1
 
 
 def _triangle(args: argparse.Namespace) -> int:
@@ -81,13 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     find = sub.add_parser("lr-find", help="the LR range test as a Tune run", allow_abbrev=False)
     srch = sub.add_parser("search", help="range test, then the ASHA search of LRMAX",
                           allow_abbrev=False)
-    for p in (find, srch):
+    seed = sub.add_parser("seeds", help="N trainings differing only in --seed, as parallel "
+                                        "Tune trials; seeds.csv and seeds.json", allow_abbrev=False)
+    for p in (find, srch, seed):
         add_config_arguments(p)
         p.add_argument("--address", default=None,
                        help="the Ray cluster to join; default: RAY_ADDRESS, else the cluster "
                             "`ray start` runs on this node, else a new local Ray")
-        add_lr_arguments(p, search_flag=False)
+        add_lr_arguments(p, search_flag=p is seed, choice_flags=p is seed)
         add_debug_flag(p)
+    seed.add_argument("--seeds", type=int, default=5, help="how many seeds (--seed, --seed+1, ...)")
     tri = sub.add_parser("triangle", help="plot a triangular cyclic LR (torch CyclicLR)",
                          allow_abbrev=False)
     tri.add_argument("--base-lr", type=float, default=0.004)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from raycifar import connect
-from raycifar.cluster import search_concurrency
+from raycifar.cluster import trial_concurrency as search_concurrency
 from raycifar.config import RaycifarError
 
 from conftest import tiny_train_config
@@ -110,6 +110,9 @@ def test_search_trials_run_as_many_at_once_as_their_workers_fit(tmp_path):
     assert search_concurrency(two_nodes, spans_both, False, trials=4) == 1
     gpus = [node(8, gpus=1), node(8, gpus=2)]
     assert search_concurrency(gpus, one_cpu, True, trials=8) == 3  # GPUs, not CPUs, bound it
+    quarter = one_cpu.replace(gpus_per_worker=0.25)  # four trials share each GPU
+    assert search_concurrency(gpus, quarter, True, trials=16) == 12
+    assert search_concurrency([node(2, gpus=1)], quarter, True, trials=8) == 2  # CPUs bind
 
 
 def test_a_search_that_cannot_place_one_trial_fails_at_once(tmp_path):

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from raycifar.data import CifarArrays, TrainingData, batches_per_epoch
-from raycifar.engine import train_batches
+from raycifar.engine import one_cycle as check_cycle, train_batches
 from raycifar.runtime import Runtime
-from raycifar.train import check_cycle
 
 from conftest import tiny_train_config
 
