@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A short check for a GPU machine: one 24-epoch training with the data and augmentation on the
-# GPU (--augment gpu), LRMAX/LRMIN found by the range test, its report, then the benchmark.
+# GPU (--augment gpu), LRMAX/LRMIN found by the range test; where its time went (issue 20's
+# three figures: the command, the steps, the time outside them); its accuracy against the
+# earlier H200 run; its report; then the benchmark.
 #
 #   jobs/gpu_check.sh DATA_DIR [OUT_DIR]
 #
@@ -23,8 +25,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 start=$(date +%s)
 python -m raycifar.train --data-dir "$DATA" --augment gpu --lr auto --lr-min-rule onset \
     --storage-path "$OUT/runs" --name fast-24 2>&1 | tee "$OUT/train.log"
+echo "gpu_check: the training command took $(( $(date +%s) - start )) s (goal: <= 45 s)"
+# Issue 20's figures: command start to finished run folder, the steps' time (goal <= 15 s),
+# the time outside the steps from the first epoch to the last checkpoint (goal <= 15% of it)
+python -m raycifar.bench --split "$OUT/runs/fast-24" | tee "$OUT/split.md"
+# Accuracy against the H200 run of 2026-11-29 (results/gpu-h200/fast-24), paired
+if [ -d results/gpu-h200/fast-24 ]; then
+    python jobs/compare.py results/gpu-h200/fast-24 "$OUT/runs/fast-24" --names before,now \
+        --tolerance 0.3 --out "$OUT/compare.md" && cat "$OUT/compare.md"
+fi
 python jobs/report.py "$OUT/runs/fast-24" --out "$OUT/report"
-echo "gpu_check: training and report done in $(( $(date +%s) - start )) s"
+echo "gpu_check: training, split, comparison and report done in $(( $(date +%s) - start )) s"
 python -m raycifar.bench --data-dir "$DATA" --subset 10240 --repeats 3 \
     --out "$OUT/BENCHMARKS.md" --json "$OUT/bench.json"
 echo "gpu_check: done in $(( $(date +%s) - start )) s; see $OUT"

@@ -190,3 +190,28 @@ class DeviceBatches:
             if self.channels_last:
                 xf = xf.contiguous(memory_format=torch.channels_last)
             yield xf, self.labels[b]
+
+
+class DeviceTestBatches:
+    """The test set (this rank's slice) held on the device as uint8 and normalised there in
+    large batches: evaluation without a loader, what `--augment gpu` uses. The flip of flip TTA
+    happens on the device too (engine.predict)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device, batch_size: int = 2048, channels_last: bool = False):
+        self.device = torch.device(device)
+        hwc = torch.from_numpy(np.require(x, dtype=np.uint8, requirements=["C", "W"]))
+        self.images = hwc.to(self.device).permute(0, 3, 1, 2).contiguous()
+        self.labels = torch.from_numpy(np.asarray(y).astype(np.int64)).to(self.device)
+        self.mean, self.std = list(mean), list(std)
+        self.batch_size, self.channels_last = batch_size, channels_last
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self.labels), self.batch_size):
+            xf = normalise(self.images[start:start + self.batch_size], self.mean, self.std)
+            if self.channels_last:
+                xf = xf.contiguous(memory_format=torch.channels_last)
+            yield xf, self.labels[start:start + self.batch_size]

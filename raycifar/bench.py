@@ -54,7 +54,8 @@ from .data import ArrayDataset, CifarArrays, TrainingData, load_arrays
 from .engine import Learner, build_model, seed_everything, train_batches, train_epoch
 from .logs import log
 from .runs import RunFolder
-from .bench_figures import loader_verdict, machine_info, markdown, ratios, summarise
+from .bench_figures import (loader_verdict, machine_info, markdown, ratios, split_markdown,
+                            summarise)
 from .runtime import Runtime, resolve_precision
 from .transforms import train_transform
 
@@ -264,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="BENCHMARKS.md", help="Markdown report")
     p.add_argument("--json", default=None, help="also write the figures as JSON here")
     p.add_argument("--address", default=None, help="join this Ray cluster; default: start one")
+    p.add_argument("--split", default=None, metavar="RUN_DIR",
+                   help="instead of measuring: where a finished run's time went (training "
+                        "steps, evaluation, run files and checkpoints, start-up), from its "
+                        "summary.json")
     p.add_argument("--only", default=None, metavar="VARIANT[,VARIANT]",
                    help=f"measure only these of {', '.join(VARIANTS)} (default: all but "
                         f"{', '.join(sorted(OPT_IN))})")
@@ -272,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.split:
+        summary = RunFolder(args.split).read_json(runs.SUMMARY)
+        log.info("\n" + split_markdown(args.split, summary))
+        return 0
     started = _process_start()
     if args.repeats < 1:
         raise ConfigError([f"repeats={args.repeats} must be >= 1"])

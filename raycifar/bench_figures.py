@@ -127,3 +127,27 @@ def markdown(result: dict) -> str:
     lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
     lines += ["", "What each figure covers and excludes: `python -m raycifar.bench --help`.", ""]
     return "\n".join(lines)
+
+
+def time_split(summary: dict) -> list[tuple[str, float, str]]:
+    """Where one finished run's time went (its summary.json): (part, seconds, share)."""
+    steps, ev, rec = (summary[k] for k in ("train_seconds", "eval_seconds", "record_seconds"))
+    parts = [("training steps", steps), ("evaluation (every epoch)", ev),
+             ("run files and checkpoints (every epoch)", rec)]
+    total = summary.get("command_seconds")
+    if total is not None:
+        parts.append(("start-up and the rest: Ray, data, range test, workers, final files",
+                      total - steps - ev - rec))
+        parts.append(("command, start to finished run folder", total))
+    return [(name, s, f"{s / steps:.0%} of the steps") for name, s in parts]
+
+
+def split_markdown(uri: str, summary: dict) -> str:
+    outside = (summary["eval_seconds"] + summary["record_seconds"]) / summary["train_seconds"]
+    lines = [f"# Where the time of {uri} went", "",
+             f"{summary['epochs']} epochs on {summary['device_name']} ({summary['precision']}), "
+             f"{summary['train_images']} training images; time outside the training steps, "
+             f"first epoch to last checkpoint: **{outside:.0%} of the steps' time**.", "",
+             "| part | seconds | share |", "|---|---|---|"]
+    lines += [f"| {n} | {s:.1f} | {share} |" for n, s, share in time_split(summary)]
+    return "\n".join(lines) + "\n"

@@ -40,6 +40,19 @@ LR_SEARCH_COLUMNS = ["lr_max", "lr_min", "epochs_run", "held_out_acc", "held_out
 PREDICTION_KEYS = ("labels", "preds", "probs", "classes", "wrong_index", "wrong_images")
 
 
+def read_history(run: "RunFolder", upto_epoch: int) -> tuple[list[dict], list[dict]]:
+    """metrics.csv's and lr_steps.csv's rows of epochs 1..upto_epoch, typed as written (a
+    checkpoint holds neither: a resumed run rebuilds them from here; rows of a later epoch
+    whose checkpoint was lost are dropped, and that epoch is trained again)."""
+    def typed(row: dict, ints: tuple[str, ...]) -> dict:
+        return {k: int(v) if k in ints else float(v) for k, v in row.items()}
+
+    history = [typed(r, ("epoch",)) for r in run.read_csv(METRICS, METRIC_COLUMNS)]
+    steps = [typed(r, ("step", "epoch")) for r in run.read_csv(STEPS, STEP_COLUMNS)]
+    return ([h for h in history if h["epoch"] <= upto_epoch],
+            [s for s in steps if s["epoch"] <= upto_epoch])
+
+
 class RunFolderError(RaycifarError):
     """A run folder or one of its files is missing or malformed."""
 

@@ -66,10 +66,11 @@ class TrainState:
     scaler: dict
     loader_rng: torch.Tensor      # the training loader's shuffle generator
     rng: dict                     # torch, numpy and Python global RNGs
-    epoch: int                    # the last epoch finished
-    history: list[dict]           # metrics.csv's rows so far
-    steps: list[dict]             # lr_steps.csv's rows so far
-    train_seconds: float
+    epoch: int                    # the last epoch finished; metrics.csv and lr_steps.csv hold
+                                  # its history (runs.read_history), not the checkpoint
+    train_seconds: float          # the training steps so far
+    eval_seconds: float           # evaluation so far
+    record_seconds: float         # writing the run files and checkpoints so far
     config: dict                  # TrainConfig.to_dict() of the run
     wall_seconds: float           # RunClock: the commands so far
     commands: int
@@ -79,15 +80,13 @@ class TrainState:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def capture(cls, epoch: int, learner, loader_rng: torch.Generator, history: list[dict],
-                steps: list[dict], train_seconds: float, clock: RunClock,
-                config: dict) -> "TrainState":
+    def capture(cls, epoch: int, learner, loader_rng: torch.Generator, seconds: dict,
+                clock: RunClock, config: dict) -> "TrainState":
         """The state after `epoch` of a `engine.Learner` (its unwrapped network's weights)."""
         return cls(model=learner.bare.state_dict(), optimizer=learner.optimizer.state_dict(),
                    scheduler=learner.scheduler.state_dict(), scaler=learner.scaler.state_dict(),
                    loader_rng=loader_rng.get_state(), rng=rng_state(), epoch=epoch,
-                   history=history, steps=steps, train_seconds=train_seconds, config=config,
-                   **clock.state())
+                   **seconds, config=config, **clock.state())
 
     def restore(self, learner, loader_rng: torch.Generator, where: str = "") -> RunClock:
         """Put this state into `learner`, the loader's generator and the global RNGs; returns

@@ -31,7 +31,7 @@ GPU_FEEDING_LOADERS = 16  # ~70,000 / ~5,000 images/s on the H200 machine, round
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_lr_args(args)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     arrays = load_arrays(cfg)
     log.info(f"data: {len(arrays.y_train)} train / {len(arrays.y_test)} test images, "
              f"classes {arrays.classes}")
@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
     if hint:
         log.info(f"note: {hint}")
     meta = {"version": __version__, "git_commit": git_commit(), "command": " ".join(sys.argv),
-            "lr_source": found.to_dict()}
+            "lr_source": found.to_dict(), "started_at": started_at}
     summary = fit_or_keep(cfg, use_gpu, meta, data, len(arrays.classes))
     if "stopped_after_epoch" in summary:
         log.info(f"stopped after epoch {summary['stopped_after_epoch']}; run the same command "

@@ -13,6 +13,7 @@ import io
 import os
 import socket
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
@@ -57,12 +58,19 @@ class Worker:
 
 @dataclass
 class Progress:
-    """The run so far: metrics.csv's and lr_steps.csv's rows, and training seconds."""
+    """The run so far: metrics.csv's and lr_steps.csv's rows (rank 0 keeps them), and where
+    the time went: training steps, evaluation, writing files and checkpoints."""
 
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    record_seconds: float = 0.0
+
+    def seconds(self) -> dict:
+        return {"train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
+                "record_seconds": self.record_seconds}
 
 
 def train_loop_per_worker(config: dict) -> dict:
@@ -78,17 +86,26 @@ def train_loop_per_worker(config: dict) -> dict:
     if w.cfg.compile:  # compiles on the first batch; DDP's buckets become graph breaks
         model = torch.compile(model)
     learner = Learner.build(w.cfg, model, len(batches), w.rt)
-    tests, test_idx = test_batches(w.data, w.rank, w.world)
+    tests, test_idx = test_batches(w.data, w.rank, w.world,
+                                   w.rt if w.cfg.augment == "gpu" else None)
     done = restore(w, learner)
     ev = None  # the last epoch's evaluation, reused for the final predictions
     for epoch in range(done.epoch + 1, w.cfg.epochs + 1):
         result = train_one_epoch(w, learner, batches, epoch)
-        ev = evaluate(model, tests, w.rt, w.cfg.tta)
+        ev = timed(evaluate, model, tests, w.rt, w.cfg.tta)
         done = record(w, learner, done, epoch, result, ev)
         if epoch == w.cfg.stop_after_epoch and epoch < w.cfg.epochs:  # every rank stops
             return stopped(w, epoch)
     ev = ev or evaluate(model, tests, w.rt, w.cfg.tta)  # resumed after the last epoch
     return finish(w, learner, ev, test_idx, done)
+
+
+def timed(fn, *args):
+    """fn(*args), with the seconds it took in the result's "seconds" entry."""
+    start = time.perf_counter()
+    out = fn(*args)
+    out["seconds"] = time.perf_counter() - start
+    return out
 
 
 def stopped(w: Worker, epoch: int) -> dict:
@@ -159,7 +176,9 @@ def restore(w: Worker, learner: Learner) -> Progress:
     w.clock = state.restore(learner, w.data_rng, w.cfg.run_dir)
     if w.rank == 0:
         log.info(f"resuming {w.cfg.name} after epoch {state.epoch}")
-    return Progress(state.epoch, state.history, state.steps, state.train_seconds)
+    history, steps = (runs.read_history(w.run, state.epoch) if w.run is not None else ([], []))
+    return Progress(state.epoch, history, steps, state.train_seconds, state.eval_seconds,
+                    state.record_seconds)
 
 
 def config_record(w: Worker, learner: Learner) -> dict:
@@ -205,13 +224,15 @@ def record(w: Worker, learner: Learner, done: Progress, epoch: int, result: Epoc
     the others report the row alone (report is a barrier: every rank calls it)."""
     import ray.train
 
+    start = time.perf_counter()
     row = {"epoch": epoch, "lr": result.steps[-1].lr, "train_loss": result.loss,
            "train_acc": result.accuracy, "test_loss": ev["loss"], "test_acc": ev["accuracy"],
            "test_acc_plain": ev["accuracy_plain"], "epoch_seconds": result.seconds,
            # every rank saw the same number of images in about the same time
            "images_per_second": result.images / result.seconds}
     done = Progress(epoch, done.history + [row], done.steps + [asdict(s) for s in result.steps],
-                    done.train_seconds + result.seconds)
+                    done.train_seconds + result.seconds, done.eval_seconds + ev["seconds"],
+                    done.record_seconds)
     if w.run is None:
         ray.train.report(row)                                           # Ray: barrier
         return done
@@ -224,11 +245,17 @@ def record(w: Worker, learner: Learner, done: Progress, epoch: int, result: Epoc
              f"{row['train_loss']:.4f} acc {row['train_acc']:.4f} | test loss "
              f"{row['test_loss']:.4f} acc {row['test_acc']:.4f} | {row['epoch_seconds']:.0f}s "
              f"{row['images_per_second']:.0f} img/s")
-    state = TrainState.capture(epoch, learner, w.data_rng, done.history, done.steps,
-                               done.train_seconds, w.clock, w.cfg.to_dict())
-    with tempfile.TemporaryDirectory() as d:
-        state.save(d)
-        ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(d))  # Ray: barrier
+    # The checkpoint counts the files written so far, not its own saving (still going on).
+    seconds = {**done.seconds(), "record_seconds": done.record_seconds
+               + time.perf_counter() - start}
+    state = TrainState.capture(epoch, learner, w.data_rng, seconds, w.clock, w.cfg.to_dict())
+    # Uploaded off the training path: Ray copies the folder to the storage path in the
+    # background (and deletes it then) while the next epoch trains.
+    folder = tempfile.mkdtemp(prefix="raycifar-checkpoint-")
+    state.save(folder)
+    ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder),  # Ray: barrier
+                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+    done.record_seconds += time.perf_counter() - start
     return done
 
 
@@ -271,13 +298,17 @@ def summarize(w: Worker, done: Progress, final_acc: float, test_images: int) -> 
         "final_test_acc": final_acc, "best_test_acc": accs[best] if accs else None,
         "best_epoch": done.history[best]["epoch"] if accs else None,
         "test_images": int(test_images), "train_images": int(len(w.data.arrays.y_train)),
-        "epochs": len(done.history), **w.clock.state(), "train_seconds": done.train_seconds,
+        "epochs": len(done.history), **w.clock.state(), **done.seconds(),
         "images_per_second": images / done.train_seconds if done.train_seconds else 0.0,
         "workers": w.world, "device": str(device),
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else f"cpu x{torch.get_num_threads()} threads"),
         "precision": w.rt.precision, "tta": w.cfg.tta, "lr_min": w.cfg.lr_min,
         "lr_max": w.cfg.lr_max,
+        # from the command's start (the last command of a run done in pieces) to here: Ray's
+        # start, the range test, the workers' start, every epoch and its files
+        **({"command_seconds": time.time() - w.config["meta"]["started_at"]}
+           if "started_at" in w.config.get("meta", {}) else {}),
     }
 
 

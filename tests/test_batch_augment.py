@@ -314,3 +314,30 @@ def test_augmented_batches_have_one_mean_hole_each_and_channels_last():
         assert xb.is_contiguous(memory_format=torch.channels_last)
         near_zero = (xb.abs() < 0.01).all(1)       # the mean fill normalises to ~0
         assert (near_zero.sum((1, 2)) == 64).all()
+
+
+def test_device_evaluation_gives_the_albumentations_paths_predictions():
+    """The same weights, the test set through albumentations' Normalize (a CPU DataLoader)
+    and held on the device as uint8 (DeviceTestBatches): the same predictions, flip TTA too."""
+    from raycifar.data import CifarArrays, TrainingData
+    from raycifar.engine import evaluate, test_batches
+    from raycifar.model import CustomResNet
+    from raycifar.runtime import Runtime
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    data = TrainingData.of(CifarArrays(x, np.arange(40) % 10, x[:30], np.arange(30) % 10,
+                                       [str(c) for c in range(10)]))
+    torch.manual_seed(0)
+    model = CustomResNet(10).eval()
+    rt = Runtime(torch.device("cpu"))
+    for rank in (0, 1):
+        cpu_batches, cpu_idx = test_batches(data, rank, 2)
+        dev_batches, dev_idx = test_batches(data, rank, 2, rt)
+        np.testing.assert_array_equal(cpu_idx, dev_idx)
+        for tta in (False, True):
+            a = evaluate(model, cpu_batches, rt, tta)
+            b = evaluate(model, dev_batches, rt, tta)
+            assert torch.equal(a["probs"].argmax(1), b["probs"].argmax(1))
+            assert torch.allclose(a["probs"], b["probs"], atol=1e-5)
+            assert torch.equal(a["labels"], b["labels"]) and a["accuracy"] == b["accuracy"]

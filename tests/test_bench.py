@@ -274,3 +274,17 @@ def test_whole_bench_writes_markdown_and_json_with_every_variant(tmp_path, ray_c
         row = re.search(re.escape(f"| {bench_figures.FIGURES[key][0]} | ") + r"\S+ \| ([\d.]+) \|", text)
         assert row and float(row.group(1)) > 0, key
     assert "| Ray 1 worker / plain loop |" in text
+
+
+def test_the_time_split_of_a_run_adds_up_to_its_command():
+    summary = {"train_seconds": 16.8, "eval_seconds": 20.0, "record_seconds": 19.0,
+               "command_seconds": 128.0, "epochs": 24, "device_name": "NVIDIA H200",
+               "precision": "bf16", "train_images": 45000}
+    parts = dict((name, s) for name, s, _ in bench_figures.time_split(summary))
+    assert parts["start-up and the rest: Ray, data, range test, workers, final files"] == \
+        pytest.approx(128.0 - 16.8 - 20.0 - 19.0)
+    text = bench_figures.split_markdown("runs/x", summary)
+    assert "**232% of the steps' time**" in text  # (20 + 19) / 16.8
+    assert "| training steps | 16.8 | 100% of the steps |" in text
+    no_command = {k: v for k, v in summary.items() if k != "command_seconds"}
+    assert len(bench_figures.time_split(no_command)) == 3
