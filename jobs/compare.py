@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--names", default="A,B", metavar="A,B",
                         help="what to call the two runs in the table (default: A,B)")
     parser.add_argument("--out", default=None, help="write the markdown here instead of stdout")
+    parser.add_argument("--predictions", default="predictions.npz", metavar="FILE",
+                        help="the predictions file both runs hold: predictions.npz, or one "
+                             "`python -m raycifar.evaluate` wrote (predictions-NAME.npz)")
     add_debug_flag(parser)
     return parser
 
@@ -42,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
     if args.tolerance is not None and args.tolerance < 0:
         raise RaycifarError(f"--tolerance must be >= 0 points, not {args.tolerance}")
     tolerance = None if args.tolerance is None else args.tolerance / 100
-    text = to_markdown(compare(args.run_a, args.run_b, tolerance), *(n.strip() for n in names))
+    text = to_markdown(compare(args.run_a, args.run_b, tolerance, args.predictions),
+                       *(n.strip() for n in names))
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)

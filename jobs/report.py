@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None,
                         help="local folder for the PNGs and report.md (default: <run>/report "
                              "for a local run, ./report-<name> for a run on cloud storage)")
+    parser.add_argument("--predictions", default="predictions.npz", metavar="FILE",
+                        help="where the gallery and confusion matrix come from: "
+                             "predictions.npz, or one `python -m raycifar.evaluate` wrote "
+                             "(predictions-NAME.npz: the model on other data)")
     add_debug_flag(parser)
     return parser
 
@@ -40,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
     from raycifar.report import write_report
 
     run = args.run if "://" in args.run else os.path.expanduser(args.run)
-    path = write_report(run, args.out or default_out(args.run))
+    path = write_report(run, args.out or default_out(args.run), args.predictions)
     print(f"report: {path}")
     return 0
 

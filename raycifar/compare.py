@@ -45,15 +45,18 @@ class Run:
         return float(self.metrics[column][self.epochs.index(epoch)])
 
 
-def load(uri: str) -> Run:
+def load(uri: str, predictions: str = runs.PREDICTIONS) -> Run:
     run = existing_run(uri)
     metrics = read_columns(run, runs.METRICS, runs.METRIC_COLUMNS)
     summary = read_optional(run, runs.SUMMARY, lambda: run.read_json(runs.SUMMARY))
     labels = preds = None
-    if run.exists(runs.PREDICTIONS):
-        z = run.read_npz(runs.PREDICTIONS)
+    if predictions != runs.PREDICTIONS and not run.exists(predictions):
+        raise RunFolderError(f"{uri}/{predictions} does not exist; write it with `python -m "
+                             f"raycifar.evaluate {uri} --data-dir ...`")
+    if run.exists(predictions):
+        z = run.read_npz(predictions)
         if "labels" not in z or "preds" not in z or z["labels"].shape != z["preds"].shape:
-            raise RunFolderError(f"{uri}/predictions.npz is malformed: needs 'labels' and "
+            raise RunFolderError(f"{uri}/{predictions} is malformed: needs 'labels' and "
                                  "'preds' of one shape")
         labels, preds = z["labels"].astype(np.int64), z["preds"].astype(np.int64)
     n = (len(labels) if labels is not None
@@ -121,9 +124,14 @@ class Comparison:
         return None if self.tolerance is None else abs(self.gap.gap) <= self.tolerance
 
 
-def compare(uri_a: str, uri_b: str, tolerance: Optional[float] = None) -> Comparison:
-    """Compare run B against run A at the last epoch both have (tolerance in fractions)."""
-    a, b = load(uri_a), load(uri_b)
+def compare(uri_a: str, uri_b: str, tolerance: Optional[float] = None,
+            predictions: str = runs.PREDICTIONS) -> Comparison:
+    """Compare run B against run A at the last epoch both have (tolerance in fractions).
+
+    `predictions` names the predictions file both runs hold: `predictions.npz` (their own
+    test set), or one `python -m raycifar.evaluate` wrote for other data, whose paired gap is
+    then the gap on that data."""
+    a, b = load(uri_a, predictions), load(uri_b, predictions)
     common = sorted(set(a.epochs) & set(b.epochs))
     if not common:
         raise RunFolderError(f"{uri_a} and {uri_b} have no epoch in common")

@@ -4,7 +4,7 @@ Ray keeps these out of its public API, so an upgrade may move them. Each is pinn
 against the installed Ray (pyproject.toml pins Ray 2.60.0), so a change shows up as a failing
 test and one function to mend here: `started_cluster_address` by tests/test_connect.py and
 tests/test_multinode.py (a driver finds a `ray start` cluster), `latest_checkpoint_dir` by
-tests/test_fault_tolerance.py and tests/test_ray_train.py (real Train runs resumed),
+tests/test_fault_tolerance.py (real Train runs' checkpoints found and opened),
 `nested_errors` by the fault tests whose worker errors come back as one `error:` line.
 """
 

@@ -62,7 +62,7 @@ def existing_run(uri: str) -> RunFolder:
     return run
 
 
-def load_run(uri: str) -> RunData:
+def load_run(uri: str, predictions_file: str = runs.PREDICTIONS) -> RunData:
     """Read a run folder; metrics.csv and config.json are required, the rest optional."""
     run = existing_run(uri)
     metrics = read_columns(run, runs.METRICS, METRICS)
@@ -71,10 +71,10 @@ def load_run(uri: str) -> RunData:
             and "steps_per_epoch" in config):
         raise RunFolderError(f"{uri}/config.json is malformed: needs a 'config' object and "
                              "'steps_per_epoch'")
-    predictions = read_optional(run, runs.PREDICTIONS, lambda: run.read_npz(runs.PREDICTIONS))
+    predictions = read_optional(run, predictions_file, lambda: run.read_npz(predictions_file))
     missing = [k for k in PREDICTIONS if predictions is not None and k not in predictions]
     if missing:
-        raise RunFolderError(f"{uri}/predictions.npz is malformed: missing arrays {missing}")
+        raise RunFolderError(f"{uri}/{predictions_file} is malformed: missing arrays {missing}")
     finder = None
     if run.exists(runs.LR_FINDER_CSV) and run.exists(runs.LR_FINDER_JSON):
         finder = (read_columns(run, runs.LR_FINDER_CSV, runs.LR_FINDER_COLUMNS[1:]),
@@ -313,15 +313,20 @@ def write_seeds_report(run: RunFolder, out: Path) -> Path:
     return out / "report.md"
 
 
-def write_report(uri: str, out_dir: str) -> Path:
+def write_report(uri: str, out_dir: str, predictions: str = runs.PREDICTIONS) -> Path:
     """Read the run at `uri`, write every PNG and report.md into `out_dir`; returns report.md.
-    A seeds run's folder gets the seeds report instead."""
+    A seeds run's folder gets the seeds report instead. `predictions` names the file the
+    gallery and the confusion matrix come from (one `python -m raycifar.evaluate` wrote: the
+    model on other data).
+
+    Over 60 lines because it is the report's table of contents: one `figure(...)` call per
+    section, in the order report.md shows them; each plot is its own draw_* function."""
     out = Path(out_dir)
     run = existing_run(uri)
     if run.exists("seeds.json"):
         out.mkdir(parents=True, exist_ok=True)
         return write_seeds_report(run, out)
-    data = load_run(uri)
+    data = load_run(uri, predictions)
     out.mkdir(parents=True, exist_ok=True)
     meta = data.config
     md = [f"# Run report: {meta['config'].get('name', uri)}", "", f"Run folder: `{uri}`  ",
@@ -360,7 +365,7 @@ def write_report(uri: str, out_dir: str) -> Path:
            "Per epoch, from metrics.csv.")
     p = data.predictions
     if p is None:
-        figure("Misclassified test images", None, "> Note: no predictions.npz in this run.")
+        figure("Misclassified test images", None, f"> Note: no {predictions} in this run.")
     else:
         items = gallery_items(p)
         n_wrong = len(p["wrong_index"])

@@ -97,3 +97,25 @@ def test_inference_modules_do_not_import_ray():
     code = ("import sys, raycifar.evaluate, raycifar.predict; "
             "sys.exit(any(m == 'ray' or m.startswith('ray.') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_compare_and_report_read_an_evaluations_predictions(trained_run, tmp_path):
+    """The model on other data: evaluate writes predictions-NAME.npz, and jobs/compare.py and
+    jobs/report.py take it with --predictions."""
+    from raycifar.compare import compare
+    from raycifar.config import RaycifarError
+    from raycifar.report import write_report
+
+    other = write_folder(tmp_path / "other", n_train=4, n_test=6, seed=5)
+    run_copy = tmp_path / "run"
+    shutil.copytree(trained_run, run_copy)
+    assert run([str(run_copy), "--data-dir", str(other), "--name", "other"]) == 0
+    figures, pred = read(run_copy, "other")
+    with pytest.raises(RaycifarError, match="predictions-other.npz does not exist"):
+        compare(str(trained_run), str(run_copy), predictions="predictions-other.npz")
+    twin = tmp_path / "twin"
+    shutil.copytree(run_copy, twin)
+    same = compare(str(run_copy), str(twin), predictions="predictions-other.npz")
+    assert same.gap.paired and same.gap.gap == 0 and len(pred["labels"]) == 18
+    md = write_report(str(run_copy), str(tmp_path / "report"), "predictions-other.npz")
+    assert f"counts sum to {len(pred['labels'])} test images" in md.read_text()

@@ -117,3 +117,17 @@ def test_a_sweep_kept_after_a_failed_reading_is_read_again_not_swept_again(tmp_p
     assert found["lr_min"] == pytest.approx(found["lr_max"] / 10)
     assert "the first reading failed: the loss never fell" in found["settings"]["reread"]
     assert load_finding(cfg.run_dir).lr_max == found["lr_max"]
+
+
+def test_a_full_length_search_trains_the_runs_own_cycle_with_the_found_lrmin(tmp_path,
+                                                                            ray_cluster):
+    """The same search() as the short one above, planned `full`: every candidate trains the
+    run's whole cycle (here 3 epochs) with the found LRMIN, on the held-out split."""
+    cfg = tiny_train_config(tmp_path, name="full", epochs=3, peak_epoch=1)
+    best = search(cfg, 0.05, SearchConfig(candidates=2, holdout=12, length="full"),
+                  lr_min=0.004)
+    rows = RunFolder(cfg.run_dir).read_csv("lr_search.csv", ["lr_max", "lr_min", "epochs_run"])
+    assert [float(r["lr_min"]) for r in rows] == [0.004, 0.004]
+    assert sorted(float(r["lr_max"]) for r in rows) == pytest.approx([0.0125, 0.2])
+    assert all(int(r["epochs_run"]) == 3 for r in rows)  # judged no earlier than halfway
+    assert best["length"] == "full" and best["search_epochs"] == 3
