@@ -89,6 +89,12 @@ def main() -> None:
                   "--candidates", "2", "--search-epochs", "2", "--num-steps", "10",
                   "--start-lr", "1e-3", "--end-lr", "1", "--lr-min-rule", "div",
                   "--holdout", "12"], shared / "searched", results)
+        tune = [sys.executable, "-m", "raycifar.tune"]
+        run_path(sim, "seeds",
+                 [*tune, "seeds", "--seeds", "2", *tiny(sim, shared, "seeds"), "--num-workers",
+                  "1", "--cpus-per-worker", "2", "--shared-storage", *lrs],
+                 shared / "seeds-seed0", results)
+        results[-1]["workers"] += placement(sim, shared / "seeds-seed1")
         nodes = sorted(sim.alive_nodes().values())
     finally:
         sim.stop()
