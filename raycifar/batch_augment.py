@@ -137,7 +137,9 @@ class DeviceBatches:
         self.device = torch.device(device)
         # Stored once: uint8 NCHW images (a quarter of float32's memory) and int64 labels.
         # Copied as stored (HWC), then laid out as NCHW on the device.
-        hwc = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        # np.require copies arrays that are read-only (the object store hands out such):
+        # torch.from_numpy would share them and warn.
+        hwc = torch.from_numpy(np.require(x, requirements=["C", "W"])).to(self.device)
         self.images = hwc.permute(0, 3, 1, 2).contiguous()
         self.labels = torch.from_numpy(np.asarray(y).astype(np.int64)).to(self.device)
         self.batch_size, self.seed = batch_size, seed

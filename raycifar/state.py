@@ -105,7 +105,9 @@ class TrainState:
         return RunClock(before=self.wall_seconds, commands=self.commands + 1)
 
     def save(self, folder: str) -> None:
-        torch.save(dataclasses.asdict(self), os.path.join(folder, CHECKPOINT_FILE))
+        # A shallow dict: dataclasses.asdict would deep-copy every weight first.
+        torch.save({k: getattr(self, k) for k in self.keys()},
+                   os.path.join(folder, CHECKPOINT_FILE))
 
     @classmethod
     def load(cls, source: Any, device: Optional[torch.device] = None) -> "TrainState":
