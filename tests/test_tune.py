@@ -129,5 +129,6 @@ def test_a_full_length_search_trains_the_runs_own_cycle_with_the_found_lrmin(tmp
     rows = RunFolder(cfg.run_dir).read_csv("lr_search.csv", ["lr_max", "lr_min", "epochs_run"])
     assert [float(r["lr_min"]) for r in rows] == [0.004, 0.004]
     assert sorted(float(r["lr_max"]) for r in rows) == pytest.approx([0.0125, 0.2])
-    assert all(int(r["epochs_run"]) == 3 for r in rows)  # judged no earlier than halfway
+    ran = sorted(int(r["epochs_run"]) for r in rows)
+    assert ran[0] >= 2 and ran[-1] == 3  # ASHA judges past the peak (epoch 2) at the earliest
     assert best["length"] == "full" and best["search_epochs"] == 3
