@@ -99,6 +99,20 @@ def resolve_use_gpu(use_gpu: Optional[bool]) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def join_cluster(cfg, address: Optional[str]) -> bool:
+    """Join (or start) Ray and check that `cfg`'s workers and storage fit the cluster; returns
+    whether to train on GPUs."""
+    from .cluster import check_placement, check_shared_storage
+
+    joined = init_ray(address)
+    use_gpu = resolve_use_gpu(cfg.use_gpu)
+    room = check_placement(cfg, nodes(), use_gpu, local=not joined)
+    # an autoscaling cluster that cannot place the workers yet will add nodes for them
+    check_shared_storage(cfg.storage_path, nodes(), shared=cfg.shared_storage,
+                         expected_nodes=2 if room < cfg.num_workers else 0)
+    return use_gpu
+
+
 def _sigterm_like_ctrl_c() -> None:
     """SIGTERM (`kill`, a scheduler, `ray job stop`) ends a run like Ctrl-C does.
 

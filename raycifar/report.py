@@ -295,10 +295,10 @@ def write_seeds_report(run: RunFolder, out: Path) -> Path:
     md = [f"# Seeds report: {summary['config'].get('name', run.uri)}", "",
           f"Run folder: `{run.uri}`  ", f"{describe(summary)}  ",
           f"LRMAX {summary['lr_max']:.4g}, LRMIN {summary['lr_min']:.4g} from: "
-          f"{_lr_source(summary)}", "", "| " + " | ".join(rows[0]) + " |" if rows else "",
-          "|" + "---|" * len(rows[0]) if rows else ""]
-    md += ["| " + " | ".join(r.values()) + " |" for r in rows]
+          f"{_lr_source(summary)}", ""]
     if rows:
+        md += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        md += ["| " + " | ".join(r.values()) + " |" for r in rows]
         curves = {int(r["seed"]): read_columns(RunFolder(r["run"]), runs.METRICS, METRICS)
                   for r in rows}
         md += ["", "## Test accuracy per seed", "",

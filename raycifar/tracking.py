@@ -28,7 +28,6 @@ import glob
 import os
 import struct
 import tempfile
-from collections import defaultdict
 from typing import Iterable, Optional
 
 import pyarrow.fs as pafs
@@ -65,43 +64,15 @@ def _event_file(scalars: Iterable[tuple[str, float, int]]) -> bytes:
             return f.read()
 
 
-class TensorBoardLog:
-    """Rank 0's TensorBoard events for one run folder: `log_steps` buffers per-step rows,
-    `log_epoch` writes the epoch's file (its row and its buffered steps), `close` writes the
-    files of epochs whose steps were logged but whose row never came."""
-
-    def __init__(self, run: RunFolder, folder: str = FOLDER):
-        self.run, self.folder = run, folder
-        self._steps: dict[int, list[dict]] = defaultdict(list)
-
-    def log_steps(self, rows: Iterable[dict]) -> None:
-        """lr_steps.csv rows (step, epoch, lr, momentum); written with their epoch's row."""
-        for r in rows:
-            self._steps[int(r["epoch"])].append(r)
-
-    def log_epoch(self, row: dict) -> None:
-        """Write (or rewrite) this epoch's event file: every numeric column of the metrics.csv
-        row as `epoch/<column>` at step = epoch, and the epoch's buffered step rows."""
-        epoch = int(row["epoch"])
-        scalars = [(f"epoch/{k}", x, epoch) for k, v in row.items()
-                   if k != "epoch" and (x := _number(v)) is not None]
-        self._write(epoch, scalars)
-
-    def _write(self, epoch: int, scalars: list[tuple[str, float, int]]) -> None:
-        for r in self._steps.pop(epoch, []):
-            scalars += [(f"step/{k}", float(r[k]), int(r["step"])) for k in STEP_TAGS if k in r]
-        name = f"{self.folder}/{EPOCH_FILE.format(epoch=epoch)}"
-        self.run.write_bytes(name, _event_file(scalars))
-
-    def close(self) -> None:
-        for epoch in sorted(self._steps):
-            self._write(epoch, [])
-
-    def __enter__(self) -> "TensorBoardLog":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+def log_epoch(run: RunFolder, row: dict, steps: Iterable[dict]) -> None:
+    """Write (or rewrite) this epoch's event file: every numeric column of its metrics.csv row
+    as `epoch/<column>` at step = epoch, and its lr_steps.csv rows as `step/lr` and
+    `step/momentum` at their optimizer step."""
+    epoch = int(row["epoch"])
+    scalars = [(f"epoch/{k}", x, epoch) for k, v in row.items()
+               if k != "epoch" and (x := _number(v)) is not None]
+    scalars += [(f"step/{k}", float(r[k]), int(r["step"])) for r in steps for k in STEP_TAGS]
+    run.write_bytes(f"{FOLDER}/{EPOCH_FILE.format(epoch=epoch)}", _event_file(scalars))
 
 
 def log_range_test(run: RunFolder, rows: Iterable[dict]) -> None:

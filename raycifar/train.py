@@ -14,16 +14,14 @@ from typing import Optional
 
 from . import __version__, runs
 from .cli import add_config_arguments, add_debug_flag, config_from_args, run_cli
-from .cluster import check_placement, check_shared_storage
 from .config import TrainConfig
-from .connect import init_ray, nodes, resolve_use_gpu
-from .data import TrainingData, check_hold_out, load_arrays
-from .engine import one_cycle
+from .connect import join_cluster
+from .data import TrainingData
 from .logs import log
 from .lrs import add_lr_arguments, check_lr_args, choose_lrs
 from .resume import check_resumable, latest_checkpoint
-from .runs import RunFolder, check_writable
-from .trainer import fit, git_commit
+from .runs import RunFolder
+from .trainer import driver_data, fit, git_commit
 
 GPU_FEEDING_LOADERS = 16  # ~70,000 / ~5,000 images/s on the H200 machine, rounded up
 
@@ -32,21 +30,13 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_lr_args(args)
     started, started_at = time.perf_counter(), time.time()
-    arrays = load_arrays(cfg)
-    log.info(f"data: {len(arrays.y_train)} train / {len(arrays.y_test)} test images, "
-             f"classes {arrays.classes}")
-    cycle = one_cycle(cfg, len(arrays.y_train))
-    if args.lr_search:
-        check_hold_out(args.holdout, len(arrays.y_train))
-    check_writable(cfg.storage_path)
-    data = TrainingData.of(arrays)
-    use_gpu = bool(cfg.use_gpu)
-    if cfg.num_workers > 0:
-        use_gpu = join_cluster(cfg, args)
+    data, total_steps = driver_data(cfg, args.holdout if args.lr_search else None)
+    num_classes = len(data.arrays.classes)
+    use_gpu = join_cluster(cfg, args.address) if cfg.num_workers > 0 else bool(cfg.use_gpu)
     run = RunFolder(cfg.run_dir)
     run.delete(runs.DIVERGED)  # a new command may try again (a changed LR fails the check below)
     cfg, found = choose_lrs(cfg, args, use_gpu, latest_checkpoint(run) is not None, data)
-    after = check_resumable(cfg, len(arrays.classes), cycle.total_steps)
+    after = check_resumable(cfg, num_classes, total_steps)
     if after is not None:
         log.info(f"{cfg.run_dir} has a checkpoint: resuming after epoch {after} of "
                  f"{cfg.epochs} (use another --name to start fresh)")
@@ -58,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
         log.info(f"note: {hint}")
     meta = {"version": __version__, "git_commit": git_commit(), "command": " ".join(sys.argv),
             "lr_source": found.to_dict(), "started_at": started_at}
-    summary = fit_or_keep(cfg, use_gpu, meta, data, len(arrays.classes))
+    summary = fit_or_keep(cfg, use_gpu, meta, data, num_classes)
     if "stopped_after_epoch" in summary:
         log.info(f"stopped after epoch {summary['stopped_after_epoch']}; run the same command "
                  f"without --stop-after-epoch to continue {cfg.run_dir}")
@@ -68,18 +58,6 @@ def main(args: argparse.Namespace) -> int:
              f"{summary['best_epoch']}), {summary['images_per_second']:.0f} train images/s; "
              f"run folder {cfg.run_dir}")
     return 0
-
-
-def join_cluster(cfg: TrainConfig, args: argparse.Namespace) -> bool:
-    """Join (or start) Ray, check that the workers and the storage fit it; whether to use
-    GPUs."""
-    joined = init_ray(args.address)
-    use_gpu = resolve_use_gpu(cfg.use_gpu)
-    room = check_placement(cfg, nodes(), use_gpu, local=not joined)
-    # an autoscaling cluster that cannot place the workers yet will add nodes for them
-    check_shared_storage(cfg.storage_path, nodes(), shared=cfg.shared_storage,
-                         expected_nodes=2 if room < cfg.num_workers else 0)
-    return use_gpu
 
 
 def fit_or_keep(cfg: TrainConfig, use_gpu: bool, meta: dict, data: TrainingData,

@@ -22,18 +22,18 @@ import torch
 
 from . import __version__, runs
 from .config import TrainConfig
-from .data import TrainingData, load_arrays
-from .engine import (DivergenceError, EpochResult, Learner, build_model, evaluate,
+from .data import TrainingData, check_hold_out, load_arrays
+from .engine import (DivergenceError, EpochResult, Learner, build_model, evaluate, one_cycle,
                      seed_everything, test_batches, train_batches, train_epoch)
 from .faults import ENV as FAULT_ENV
 from .faults import Fault
 from .faults import from_spec as fault_from_spec
 from .logs import log, setup as setup_logging
 from .progress import interval_seconds
-from .runs import RunFolder
+from .runs import RunFolder, check_writable
 from .runtime import Runtime, describe_precision
 from .state import CHECKPOINT_FILE, RunClock, TrainState
-from .tracking import TensorBoardLog
+from .tracking import log_epoch
 
 
 @dataclass
@@ -238,9 +238,8 @@ def record(w: Worker, learner: Learner, done: Progress, epoch: int, result: Epoc
         return done
     w.run.write_csv(runs.METRICS, done.history, runs.METRIC_COLUMNS)
     w.run.write_csv(runs.STEPS, done.steps, runs.STEP_COLUMNS)
-    with TensorBoardLog(w.run) as tb:  # this epoch's file only: a resume never duplicates one
-        tb.log_steps(s for s in done.steps if s["epoch"] == epoch)
-        tb.log_epoch(row)
+    # this epoch's file only: a resumed run never duplicates one
+    log_epoch(w.run, row, [asdict(s) for s in result.steps])
     log.info(f"epoch {epoch}/{w.cfg.epochs} lr {row['lr']:.4f} train loss "
              f"{row['train_loss']:.4f} acc {row['train_acc']:.4f} | test loss "
              f"{row['test_loss']:.4f} acc {row['test_acc']:.4f} | {row['epoch_seconds']:.0f}s "
@@ -313,6 +312,20 @@ def summarize(w: Worker, done: Progress, final_acc: float, test_images: int) -> 
 
 
 # ----------------------------------------------------------------------------- driver side
+
+def driver_data(cfg: TrainConfig, holdout: Optional[int] = None) -> tuple[TrainingData, int]:
+    """The run's data, read here on the driver and only here, and what can be checked before
+    Ray starts: the cycle the data allows, the search's hold-out, the storage path. Returns the
+    data and the cycle's length in steps."""
+    arrays = load_arrays(cfg)
+    log.info(f"data: {len(arrays.y_train)} train / {len(arrays.y_test)} test images, "
+             f"classes {arrays.classes}")
+    steps = one_cycle(cfg, len(arrays.y_train)).total_steps
+    if holdout is not None:
+        check_hold_out(holdout, len(arrays.y_train))
+    check_writable(cfg.storage_path)
+    return TrainingData.of(arrays), steps
+
 
 def git_commit() -> Optional[str]:
     import subprocess

@@ -18,17 +18,16 @@ import sys
 
 from . import __version__, runs
 from .cli import add_config_arguments, add_debug_flag, config_from_args, run_cli
-from .cluster import check_placement, check_shared_storage
+from .cluster import check_placement
 from .config import RaycifarError
-from .connect import init_ray, nodes, resolve_use_gpu
+from .connect import init_ray, join_cluster, nodes, resolve_use_gpu
 from .data import TrainingData, check_hold_out, load_arrays
-from .engine import one_cycle
 from .logs import log
 from .lrs import (add_lr_arguments, check_lr_args, choose_lrs, matching_finding,
                   range_test_config, search_config)
 from .runs import RunFolder, check_writable
 from .seeds import describe as describe_seeds
-from .trainer import git_commit
+from .trainer import driver_data, git_commit
 from .trials import lr_find, search, seeds
 
 
@@ -75,16 +74,8 @@ def run_seeds(args: argparse.Namespace) -> int:
     check_lr_args(args)
     if args.seeds < 1:
         raise RaycifarError(f"--seeds {args.seeds} must be >= 1")
-    arrays = load_arrays(cfg)
-    one_cycle(cfg, len(arrays.y_train))
-    if args.lr_search:
-        check_hold_out(args.holdout, len(arrays.y_train))
-    check_writable(cfg.storage_path)
-    data = TrainingData.of(arrays)
-    joined = init_ray(args.address)
-    use_gpu = resolve_use_gpu(cfg.use_gpu)
-    check_placement(cfg, nodes(), use_gpu, local=not joined)
-    check_shared_storage(cfg.storage_path, nodes(), shared=cfg.shared_storage)
+    data, _ = driver_data(cfg, args.holdout if args.lr_search else None)
+    use_gpu = join_cluster(cfg, args.address)
     folder = RunFolder(cfg.run_dir)
     cfg, found = choose_lrs(cfg, args, use_gpu, folder.exists(runs.CONFIG), data)
     log.info(f"LRMAX {cfg.lr_max:.4g}, LRMIN {cfg.lr_min:.4g} from {found.describe()}, shared "

@@ -9,7 +9,7 @@ from tensorboardX.record_writer import masked_crc32c
 
 from raycifar.lr_finder import RangeTestResult
 from raycifar.runs import RunFolder
-from raycifar.tracking import LR_FIND_FOLDER, TensorBoardLog, read_run
+from raycifar.tracking import LR_FIND_FOLDER, log_epoch, read_run
 
 
 def events(path):
@@ -48,12 +48,10 @@ def epoch_rows(epoch, steps_per_epoch=3, bump=0.0):
 
 
 def record(run, epochs, bump=0.0):
-    """What train.py's _record_epoch does each epoch: a new log, this epoch's steps, the row."""
+    """What trainer.record does each epoch: the epoch's row and its steps, one file."""
     for epoch in epochs:
         row, steps = epoch_rows(epoch, bump=bump)
-        with TensorBoardLog(run) as tb:
-            tb.log_steps(steps)
-            tb.log_epoch(row)
+        log_epoch(run, row, steps)
 
 
 @pytest.mark.parametrize("uri", [False, True])
@@ -90,14 +88,6 @@ def test_a_resume_adds_its_epochs_without_duplicates(tmp_path):
     assert sorted(s for t, s in found if t == "step/lr") == list(range(15))
     assert found["epoch/train_loss", 3] == pytest.approx(2.0 / 3 + 1.0)  # the redone epoch
     assert found["epoch/train_loss", 2] == pytest.approx(1.0)
-
-
-def test_close_writes_steps_whose_epoch_row_never_came(tmp_path):
-    run = RunFolder(str(tmp_path))
-    with TensorBoardLog(run) as tb:
-        tb.log_steps(epoch_rows(1)[1])
-    found, _ = scalars(tmp_path / "tensorboard")
-    assert sorted(s for t, s in found if t == "step/lr") == [0, 1, 2]
 
 
 def test_the_range_test_curve_is_written_next_to_lr_finder_csv(tmp_path):
