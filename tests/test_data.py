@@ -1,3 +1,4 @@
+import os
 import numpy as np
 import pytest
 import torch
@@ -114,3 +115,38 @@ def test_validation_holds_out_training_images(tmp_path, image_folder):
     assert not {r.tobytes() for r in a.x_test} & {r.tobytes() for r in a.x_train}
     with pytest.raises(DataError, match="lower --validation"):
         load_arrays(cfg(tmp_path, data_dir=str(image_folder), validation=72))
+
+
+def test_decoding_in_processes_gives_the_arrays_of_one_process(tmp_path, monkeypatch):
+    """A chunk of 5 images per task forces several forked decoders on any machine with 2+
+    cores; the arrays and the order are those of a single-process decode, and a broken image
+    inside a forked decoder is still the one-line DataError."""
+    from raycifar import data
+
+    root = write_folder(tmp_path / "data", n_train=6, n_test=2, suffix=".jpg")
+    monkeypatch.setattr(data, "DECODE_CHUNK", 5)
+    files = data._list_split(root, "train")
+    classes = sorted(files)
+    assert data._decode_processes(len(classes) * 6 // 5) == min(len(os.sched_getaffinity(0)), 12)
+    forked = data._decode(files, classes)
+    monkeypatch.setattr(data, "_decode_processes", lambda chunks: 1)
+    alone = data._decode(files, classes)
+    assert np.array_equal(forked[0], alone[0]) and np.array_equal(forked[1], alone[1])
+    assert list(forked[1]) == [c for c in range(len(classes)) for _ in range(6)]
+    monkeypatch.undo()
+    monkeypatch.setattr(data, "DECODE_CHUNK", 5)
+    (root / "train" / classes[-1] / "0003.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="cannot read image .*0003.jpg"):
+        data._decode(data._list_split(root, "train"), classes)
+
+
+def test_no_forked_decoders_where_ray_runs_in_this_process(monkeypatch):
+    import sys
+    import types
+
+    from raycifar import data
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True))
+    assert data._decode_processes(20) == 1
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False))
+    assert data._decode_processes(20) == min(len(os.sched_getaffinity(0)), 16)
