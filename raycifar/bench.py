@@ -46,7 +46,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import runs
+from . import runs, timeline
 from .cli import add_config_arguments, add_debug_flag, config_from_args, run_cli
 from .config import ConfigError, TrainConfig
 from .connect import init_ray, resolve_use_gpu
@@ -60,17 +60,6 @@ from .runtime import Runtime, resolve_precision
 from .transforms import train_transform
 
 Measure = Callable[[], dict]
-
-
-def _process_start() -> float:
-    """Wall-clock time this process started (Linux /proc, 10 ms ticks); else now."""
-    try:
-        with open("/proc/self/stat") as f:
-            ticks = int(f.read().rpartition(")")[2].split()[19])  # field 22: starttime
-        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-        return time.time() - age
-    except (OSError, ValueError, IndexError, AttributeError):
-        return time.time()
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -281,7 +270,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         summary = RunFolder(args.split).read_json(runs.SUMMARY)
         log.info("\n" + split_markdown(args.split, summary))
         return 0
-    started = _process_start()
+    started = timeline.process_start()
     if args.repeats < 1:
         raise ConfigError([f"repeats={args.repeats} must be >= 1"])
     only = None if args.only is None else {v.strip() for v in args.only.split(",") if v.strip()}

@@ -12,6 +12,8 @@ from typing import Optional
 
 import torch
 
+from . import timeline
+
 FIGURES = {  # key: (label, unit), in report order
     "ray": ("Ray Train loop, 1 worker", "img/s"),
     "ray_2workers": ("Ray Train loop, 2 workers", "img/s"),
@@ -130,14 +132,25 @@ def markdown(result: dict) -> str:
 
 
 def time_split(summary: dict) -> list[tuple[str, float, str]]:
-    """Where one finished run's time went (its summary.json): (part, seconds, share)."""
+    """Where one finished run's time went (its summary.json): (part, seconds, share of the
+    steps' time). The start-up phases (timeline.PHASES) come first when the run has them."""
     steps, ev, rec = (summary[k] for k in ("train_seconds", "eval_seconds", "record_seconds"))
-    parts = [("training steps", steps), ("evaluation (every epoch)", ev),
-             ("run files and checkpoints (every epoch)", rec)]
+    startup = summary.get("startup") or {}
+    in_all = startup.get("in_all")  # from the command's start: the driver's phases too
+    parts = [(f"start-up: {text}", startup[k]) for k, _, _, text in timeline.PHASES
+             if k in startup and k != "in_all"]
+    if in_all is not None:
+        parts.append(("start-up in all: the command's start to the first step", in_all))
+    parts += [("training steps", steps), ("evaluation (every epoch)", ev),
+              ("run files and checkpoints (every epoch)", rec)]
     total = summary.get("command_seconds")
-    if total is not None:
+    if total is not None and in_all is not None:
+        parts.append(("the rest: between epochs, the final predictions and model.pt",
+                      total - in_all - steps - ev - rec))
+    elif total is not None:
         parts.append(("start-up and the rest: Ray, data, range test, workers, final files",
                       total - steps - ev - rec))
+    if total is not None:
         parts.append(("command, start to finished run folder", total))
     return [(name, s, f"{s / steps:.0%} of the steps") for name, s in parts]
 

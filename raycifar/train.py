@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Optional
 
-from . import __version__, runs
+from . import __version__, runs, timeline
 from .cli import add_config_arguments, add_debug_flag, config_from_args, run_cli
 from .config import TrainConfig
 from .connect import join_cluster
@@ -27,15 +27,18 @@ GPU_FEEDING_LOADERS = 16  # ~70,000 / ~5,000 images/s on the H200 machine, round
 
 
 def main(args: argparse.Namespace) -> int:
+    timeline.start()
     cfg = config_from_args(args)
     check_lr_args(args)
-    started, started_at = time.perf_counter(), time.time()
     data, total_steps = driver_data(cfg, args.holdout if args.lr_search else None)
+    timeline.note("data")
     num_classes = len(data.arrays.classes)
     use_gpu = join_cluster(cfg, args.address) if cfg.num_workers > 0 else bool(cfg.use_gpu)
+    timeline.note("ray")
     run = RunFolder(cfg.run_dir)
     run.delete(runs.DIVERGED)  # a new command may try again (a changed LR fails the check below)
     cfg, found = choose_lrs(cfg, args, use_gpu, latest_checkpoint(run) is not None, data)
+    timeline.note("lrs")
     after = check_resumable(cfg, num_classes, total_steps)
     if after is not None:
         log.info(f"{cfg.run_dir} has a checkpoint: resuming after epoch {after} of "
@@ -47,13 +50,13 @@ def main(args: argparse.Namespace) -> int:
     if hint:
         log.info(f"note: {hint}")
     meta = {"version": __version__, "git_commit": git_commit(), "command": " ".join(sys.argv),
-            "lr_source": found.to_dict(), "started_at": started_at}
+            "lr_source": found.to_dict()}
     summary = fit_or_keep(cfg, use_gpu, meta, data, num_classes)
     if "stopped_after_epoch" in summary:
         log.info(f"stopped after epoch {summary['stopped_after_epoch']}; run the same command "
                  f"without --stop-after-epoch to continue {cfg.run_dir}")
         return 0
-    log.info(f"done in {time.perf_counter() - started:.0f}s: final test accuracy "
+    log.info(f"done in {time.time() - timeline.noted()['process']:.0f}s: final test accuracy "
              f"{summary['final_test_acc']:.4f} (best {summary['best_test_acc']:.4f} at epoch "
              f"{summary['best_epoch']}), {summary['images_per_second']:.0f} train images/s; "
              f"run folder {cfg.run_dir}")
@@ -64,7 +67,8 @@ def fit_or_keep(cfg: TrainConfig, use_gpu: bool, meta: dict, data: TrainingData,
                 num_classes: int) -> dict:
     """fit(); on Ctrl-C or SIGTERM, say which checkpoint the next run resumes from."""
     try:
-        result = fit(cfg, use_gpu, meta, data=data)
+        timeline.note("fit")
+        result = fit(cfg, use_gpu, {**meta, "moments": timeline.noted()}, data=data)
         if result.return_value is None:  # Ray Train aborted the run on Ctrl-C / SIGTERM
             raise KeyboardInterrupt
         return result.return_value

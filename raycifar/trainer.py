@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import __version__, runs
+from . import __version__, runs, timeline
 from .config import TrainConfig
 from .data import TrainingData, check_hold_out, load_arrays
 from .engine import (DivergenceError, EpochResult, Learner, build_model, evaluate, one_cycle,
@@ -50,6 +50,7 @@ class Worker:
     data_rng: torch.Generator = field(default_factory=torch.Generator)  # the loader's shuffle
     placement: list[dict] = field(default_factory=list)
     clock: RunClock = field(default_factory=RunClock)
+    moments: dict = field(default_factory=dict)  # rank 0's part of timeline's moments
 
     @property
     def fault(self) -> Optional[Fault]:
@@ -89,6 +90,7 @@ def train_loop_per_worker(config: dict) -> dict:
     tests, test_idx = test_batches(w.data, w.rank, w.world,
                                    w.rt if w.cfg.augment == "gpu" else None)
     done = restore(w, learner)
+    w.moments["first_step"] = time.time()
     ev = None  # the last epoch's evaluation, reused for the final predictions
     for epoch in range(done.epoch + 1, w.cfg.epochs + 1):
         result = train_one_epoch(w, learner, batches, epoch)
@@ -120,6 +122,7 @@ def start_worker(config: dict) -> Worker:
     import ray.train
     import ray.train.torch
 
+    entered = time.time()
     setup_logging()
     cfg = TrainConfig.from_dict(config["train"])
     ctx = ray.train.get_context()                                       # Ray: who am I
@@ -134,6 +137,7 @@ def start_worker(config: dict) -> Worker:
     w = Worker(cfg, rank, world, Runtime.on(device, cfg.precision, cfg.channels_last), data,
                config, RunFolder(cfg.run_dir) if rank == 0 else None,
                torch.Generator().manual_seed(cfg.seed), placement(rank, world, device))
+    w.moments.update(worker=entered, worker_data=time.time())
     if rank == 0:
         log.info(describe_precision(cfg.precision, device))
     return w
@@ -304,11 +308,19 @@ def summarize(w: Worker, done: Progress, final_acc: float, test_images: int) -> 
                         else f"cpu x{torch.get_num_threads()} threads"),
         "precision": w.rt.precision, "tta": w.cfg.tta, "lr_min": w.cfg.lr_min,
         "lr_max": w.cfg.lr_max,
-        # from the command's start (the last command of a run done in pieces) to here: Ray's
-        # start, the range test, the workers' start, every epoch and its files
-        **({"command_seconds": time.time() - w.config["meta"]["started_at"]}
-           if "started_at" in w.config.get("meta", {}) else {}),
+        **command_time(w),
     }
+
+
+def command_time(w: Worker) -> dict:
+    """From the command's start (the last command of a run done in pieces) to here, and its
+    start-up phases (timeline.PHASES); the worker's phases alone when fit() was called without
+    the driver's moments (a search or seeds trial)."""
+    moments = {**w.config.get("meta", {}).get("moments", {}), **w.moments}
+    out = {"startup": timeline.phases(moments)}
+    if "process" in moments:
+        out["command_seconds"] = time.time() - moments["process"]
+    return out
 
 
 # ----------------------------------------------------------------------------- driver side

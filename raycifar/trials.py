@@ -16,6 +16,7 @@ data the driver loaded reaches every trial and worker through Ray's object store
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import runs
+from . import runs, timeline
 from .config import RaycifarError, RangeTestConfig, SearchConfig, TrainConfig
 from .data import TrainingData, load_arrays
 from .engine import build_model, make_optimizer, one_cycle, train_batches
@@ -52,6 +53,7 @@ def range_test_trainable(config: dict, data=None) -> None:
     """
     from ray import tune
 
+    entered = time.time()
     cfg = TrainConfig.from_dict(config["train"])
     settings = RangeTestConfig(**config["range_test"])
     device = torch.device("cuda" if config["use_gpu"] else "cpu")
@@ -64,6 +66,7 @@ def range_test_trainable(config: dict, data=None) -> None:
     model = build_model(cfg, len(data.arrays.classes), rt)
     about = {"batch_size": cfg.batch_size, "train_images": len(data.arrays.y_train),
              "seed": cfg.seed}
+    swept = time.time()
     try:
         result = range_test(
             model, make_optimizer(cfg, model), loader,
@@ -79,6 +82,9 @@ def range_test_trainable(config: dict, data=None) -> None:
         raise RangeTestError(f"{e} (the sweep is kept in {cfg.run_dir}/{runs.LR_FINDER_CSV}: "
                              "the same command with another --method or --lr-min-rule reads "
                              "it again without sweeping)") from None
+    # when the trial's function started, its sweep started and ended (timeline's moments)
+    about.update(device=str(rt.device),
+                 moments={"trial": entered, "sweep": swept, "sweep_end": time.time()})
     result.settings.update(about)
     result.save(RunFolder(cfg.run_dir))
 
@@ -106,6 +112,9 @@ def lr_find(cfg: TrainConfig, settings: RangeTestConfig = RangeTestConfig(),
     )
     grid = _fit(tuner)
     finding = RunFolder(cfg.run_dir).read_json(runs.LR_FINDER_JSON)
+    for name, at in finding["settings"]["moments"].items():
+        timeline.note(name, at)
+    timeline.note("range_test_done")
     finding["tune_steps_reported"] = len(grid[0].metrics_dataframe)
     return finding
 
@@ -178,6 +187,8 @@ def search(cfg: TrainConfig, center: float, settings: SearchConfig = SearchConfi
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+
+    timeline.note("search")
 
     from .cluster import trial_concurrency
 

@@ -167,5 +167,16 @@ def test_lr_search_runs_the_range_test_and_the_search_on_the_cluster(cluster):
     best = run.read_json("best.json")
     assert run.read_json("config.json")["config"]["lr_max"] == pytest.approx(best["lr_max"])
     assert run.exists("summary.json") and run.exists("lr_finder.csv")
+    # the start-up's phases, from the driver, the range test's trial and rank 0, in order
+    summary = run.read_json("summary.json")
+    startup = summary["startup"]
+    assert set(startup) == {"imports", "data", "ray", "range_test_start", "range_test_setup",
+                            "range_test_sweep", "range_test_end", "lr_search", "before_fit",
+                            "train_start", "worker_data", "worker_setup", "in_all"}
+    assert all(v >= 0 for v in startup.values()), startup
+    assert startup["lr_search"] > startup["range_test_sweep"] > 0
+    assert sum(startup.values()) - startup["in_all"] <= startup["in_all"] + 0.01
+    assert startup["in_all"] + summary["train_seconds"] < summary["command_seconds"]
+    assert run.read_json("lr_finder.json")["settings"]["device"] == "cpu"
     assert "No available node types can fulfill" not in out
     assert_workers_never_opened_the_data(cluster)
