@@ -121,13 +121,13 @@ class DeviceBatches:
     (also reachable as ``.sampler.set_epoch``, which is what the training loop looks for).
     Sharding matches torch's DistributedSampler (shuffle=True, drop_last=False): a permutation
     from seed + epoch, wrapped to a multiple of `world_size`, and rank r takes every
-    world_size-th index from r.
+    world_size-th index from r. `drop_last` drops the last, partial batch (as a DataLoader's).
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], device: torch.device, seed: int, rank: int = 0,
                  world_size: int = 1, pad: int = 4, cutout: int = 8, cutout_p: float = 1.0,
-                 augment: bool = True, channels_last: bool = False):
+                 augment: bool = True, channels_last: bool = False, drop_last: bool = False):
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
             raise ValueError(f"x must be uint8 (N, H, W, 3), got {x.dtype} {x.shape}")
         if len(x) != len(y) or len(x) == 0:
@@ -146,6 +146,7 @@ class DeviceBatches:
         self.rank, self.world_size = rank, world_size
         self.pad, self.cutout, self.cutout_p = pad, cutout, cutout_p
         self.augment, self.channels_last = augment, channels_last
+        self.drop_last = drop_last
         self.epoch = 0
         # Per-channel constants built once on the device (no host copies per batch).
         self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device)
@@ -164,6 +165,8 @@ class DeviceBatches:
         self.epoch = epoch
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
 
     def indices(self) -> torch.Tensor:
@@ -183,7 +186,7 @@ class DeviceBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self.indices()
         gen = self._generator()
-        for start in range(0, self.num_samples, self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             b = idx[start:start + self.batch_size]
             xb = self.images[b]
             if gen is not None:

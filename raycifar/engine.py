@@ -135,7 +135,8 @@ def train_batches(cfg: TrainConfig, data: TrainingData, rt: Runtime, rank: int =
     a = data.arrays
     if cfg.augment == "gpu":
         return DeviceBatches(a.x_train, a.y_train, cfg.batch_size // world, data.mean, data.std,
-                             rt.device, cfg.seed, rank, world, channels_last=rt.channels_last)
+                             rt.device, cfg.seed, rank, world, channels_last=rt.channels_last,
+                             drop_last=drop_last)
     dataset = ArrayDataset(a.x_train, a.y_train, train_transform(data.mean, data.std))
     sampler = (torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank,
                                                    shuffle=True, seed=cfg.seed)

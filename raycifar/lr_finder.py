@@ -33,6 +33,7 @@ LRMAX/10 ends too hot for this network (see README).
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import random
 from dataclasses import asdict, dataclass, field
@@ -333,7 +334,11 @@ def reread(lrs: list[float], losses: list[float], *, method: str = DEFAULT_METHO
 
 
 def _cycle(loader: Iterable):
-    while True:
+    """The loader's batches, pass after pass; a loader with `set_epoch` (DeviceBatches) is told
+    each pass's number, so a sweep longer than the data reshuffles and re-augments."""
+    for n in itertools.count():
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(n)
         empty = True
         for batch in loader:
             empty = False

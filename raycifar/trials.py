@@ -62,7 +62,9 @@ def range_test_trainable(config: dict, data=None) -> None:
     torch.manual_seed(cfg.seed)
     data = _fetch(data)
     rt = Runtime.on(device, cfg.precision, cfg.channels_last)
-    loader = train_batches(cfg.replace(augment="albumentations"), data, rt, drop_last=True)
+    # fed as the training will be: with --augment gpu from the images held on the trial's
+    # device (a loader on the trial's CPUs would set a GPU's pace), else albumentations
+    loader = train_batches(cfg, data, rt, drop_last=True)
     model = build_model(cfg, len(data.arrays.classes), rt)
     about = {"batch_size": cfg.batch_size, "train_images": len(data.arrays.y_train),
              "seed": cfg.seed}
@@ -95,9 +97,8 @@ def lr_find(cfg: TrainConfig, settings: RangeTestConfig = RangeTestConfig(),
     lr_finder.json's contents.
 
     The trial holds what one training worker would (`cpus_per_worker` CPUs, `gpus_per_worker`
-    when `use_gpu`) and gets `data` (default: loaded here) through the object store. The sweep
-    always feeds albumentations: the same distribution as `--augment gpu`, in a trial that
-    holds one worker's CPUs.
+    when `use_gpu`) and gets `data` (default: loaded here) through the object store. The
+    sweep's batches come as the training's will (`--augment`: albumentations or the device).
     """
     from ray import tune
 

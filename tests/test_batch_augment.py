@@ -248,6 +248,14 @@ def test_len_and_each_index_once_per_epoch():
     assert out[0][1].dtype == torch.int64
 
 
+def test_drop_last_gives_only_full_batches_as_a_dataloader_would():
+    x, y = indexed(10)
+    db = DeviceBatches(x, y, 4, MEAN, STD, CPU, seed=0, drop_last=True)
+    assert len(db) == 2 and [len(b[1]) for b in batches(db)] == [4, 4]
+    loader = torch.utils.data.DataLoader(list(range(10)), batch_size=4, drop_last=True)
+    assert len(db) == len(loader)
+
+
 @pytest.mark.parametrize("n,world", [(11, 2), (10, 2), (3, 4), (2, 5)])
 def test_sharding_matches_distributed_sampler(n, world):
     from torch.utils.data import DistributedSampler

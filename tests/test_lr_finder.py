@@ -165,6 +165,24 @@ def test_range_test_restores_model_optimizer_and_rng_bit_for_bit():
     assert len(res.lrs) == len(res.losses) == len(res.smoothed) <= 60
 
 
+def test_a_sweep_longer_than_the_data_starts_each_pass_on_a_new_epoch():
+    """DeviceBatches (what --augment gpu feeds the range test) reshuffle and re-augment per
+    epoch: a sweep of more batches than the data holds asks for the next epoch each pass."""
+    import itertools
+
+    from raycifar.batch_augment import DeviceBatches
+    from raycifar.lr_finder import _cycle
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    db = DeviceBatches(x, np.arange(40), 16, (0.5,) * 3, (0.25,) * 3, "cpu", seed=1,
+                       drop_last=True)
+    epochs = []
+    db.set_epoch = lambda e, _set=db.set_epoch: (epochs.append(e), _set(e))
+    seen = [y for _, y in itertools.islice(_cycle(db), 7)]
+    assert epochs == [0, 1, 2, 3] and all(len(y) == 16 for y in seen)  # 2 full batches a pass
+    assert torch.cat(seen[0:2]).tolist() != torch.cat(seen[2:4]).tolist()  # reshuffled
+
+
 def test_range_test_stops_on_divergence():
     model, opt, loader = problem()
     res = range_test(model, opt, loader, nn.CrossEntropyLoss(), start_lr=1e-2, end_lr=1e4,
