@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # A short check for a GPU machine: one 24-epoch training with the data and augmentation on the
 # GPU (--augment gpu), LRMAX/LRMIN found by the range test; where its time went (issue 20's
-# three figures: the command, the steps, the time outside them); its accuracy against the
-# earlier H200 run; its report; then the benchmark.
+# three figures: the command, the steps, the time outside them, and the start-up's phases);
+# its accuracy against the earlier H200 run; its report; torch.compile's two modes on the
+# fast path; then the benchmark.
 #
 #   jobs/gpu_check.sh DATA_DIR [OUT_DIR]
 #
 # DATA_DIR: a cifar-10-batches-py folder or an image tree (train/<class>/, test/<class>/);
 # leave it out only where torchvision can download CIFAR-10. Everything lands in OUT_DIR
-# (default ./gpu-check): the run folder and its report, BENCHMARKS.md and bench.json.
+# (default ./gpu-check): the run folder and its report, split.md, compare.md,
+# compile-<mode>.md/.json, BENCHMARKS.md and bench.json.
 #
 # Measured on one H200 (results/gpu-h200/, 2026-11-29, these steps run one by one): the
 # training 128 s from the command's start (Ray's start, data load, range test, 24 epochs: 17 s
@@ -36,6 +38,15 @@ if [ -d results/gpu-h200/fast-24 ]; then
 fi
 python jobs/report.py "$OUT/runs/fast-24" --out "$OUT/report"
 echo "gpu_check: training, split, comparison and report done in $(( $(date +%s) - start )) s"
+# The rest of the step (issue 20): torch.compile on the fast path, inductor's default mode and
+# CUDA graphs (reduce-overhead); each against the same loop uncompiled, warm epochs, with how
+# much longer the compiling epoch took (compile_extra)
+for mode in default reduce-overhead; do
+    python -m raycifar.bench --data-dir "$DATA" --augment gpu --subset 10240 --repeats 2 \
+        --only plain,plain_compile --compile-mode "$mode" \
+        --out "$OUT/compile-$mode.md" --json "$OUT/compile-$mode.json"
+done
+echo "gpu_check: compile trials done in $(( $(date +%s) - start )) s"
 python -m raycifar.bench --data-dir "$DATA" --subset 10240 --repeats 3 \
     --out "$OUT/BENCHMARKS.md" --json "$OUT/bench.json"
 echo "gpu_check: done in $(( $(date +%s) - start )) s; see $OUT"

@@ -93,7 +93,7 @@ def plain_loop(cfg: TrainConfig, arrays: CifarArrays) -> tuple[float, float, Opt
     data = TrainingData.of(arrays)
     batches = train_batches(cfg, data, rt)
     model = build_model(cfg, len(arrays.classes), rt)
-    net = torch.compile(model) if cfg.compile else model
+    net = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
     learner = Learner.build(cfg.replace(epochs=2, peak_epoch=1), net, len(batches), rt)
 
     def epoch() -> int:

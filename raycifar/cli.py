@@ -12,7 +12,8 @@ import sys
 import traceback
 from typing import Callable, Optional
 
-from .config import AUGMENTS, DATA_FORMATS, OPTIMIZERS, PRECISIONS, RaycifarError, TrainConfig
+from .config import (AUGMENTS, COMPILE_MODES, DATA_FORMATS, OPTIMIZERS, PRECISIONS,
+                     RaycifarError, TrainConfig)
 
 HELP = {
     "data_dir": "CIFAR-10 location: a cifar-10-batches-py folder or an image tree "
@@ -45,6 +46,8 @@ HELP = {
     "channels_last": "NHWC memory layout (faster with bf16 on CPU and on tensor cores)",
     "compile": "torch.compile the model for training and evaluation (inductor; the first "
                "steps wait for the compiler)",
+    "compile_mode": "torch.compile's mode with --compile: reduce-overhead replays CUDA graphs "
+                    "on a GPU; max-autotune also searches kernel configurations",
     "tta": "test accuracy averages each image with its mirror image",
     "seed": "random seed",
     "stop_after_epoch": "stop after this epoch (checkpointed); run the same --name again to "
@@ -62,7 +65,7 @@ HELP = {
     "max_failures": "restart the worker group this many times after a failure (-1 = always)",
 }
 CHOICES = {"data_format": DATA_FORMATS, "optimizer": OPTIMIZERS, "precision": PRECISIONS,
-           "augment": AUGMENTS}
+           "augment": AUGMENTS, "compile_mode": COMPILE_MODES}
 
 
 class _StoreGiven(argparse._StoreAction):

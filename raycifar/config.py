@@ -16,6 +16,9 @@ DATA_FORMATS = ("auto", "download", "batches", "folder")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTS = ("albumentations", "gpu")
+# torch.compile's modes: reduce-overhead replays CUDA graphs (on a GPU), max-autotune also
+# tries kernel configurations (minutes of compiling)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 class RaycifarError(Exception):
@@ -72,6 +75,7 @@ class TrainConfig:
                                           # slower (engine.cpu_auto_precision)
     channels_last: bool = True
     compile: bool = False                 # torch.compile the training model (inductor)
+    compile_mode: str = "default"         # COMPILE_MODES, when compile
     tta: bool = True                      # test accuracy averages the image and its mirror
     seed: int = 0
     stop_after_epoch: int = 0             # >0: stop after this epoch; re-run the name to go on
@@ -135,6 +139,8 @@ def _validate(c: TrainConfig) -> list[str]:
     need(c.optimizer in OPTIMIZERS, f"optimizer={c.optimizer!r} is not one of {OPTIMIZERS}")
     need(c.augment in AUGMENTS, f"augment={c.augment!r} is not one of {AUGMENTS}")
     need(c.precision in PRECISIONS, f"precision={c.precision!r} is not one of {PRECISIONS}")
+    need(c.compile_mode in COMPILE_MODES,
+         f"compile_mode={c.compile_mode!r} is not one of {COMPILE_MODES}")
     need(c.epochs >= 1, f"epochs={c.epochs} must be >= 1")
     need(1 <= c.peak_epoch < c.epochs,
          f"peak_epoch={c.peak_epoch} must be in [1, epochs-1={c.epochs - 1}]: "

@@ -78,14 +78,17 @@ class Learner:
     scaler: torch.amp.GradScaler
     loss_fn: Callable
     rt: Runtime
+    graphs: bool = False  # the model replays CUDA graphs (torch.compile's reduce-overhead)
 
     @classmethod
     def build(cls, cfg: TrainConfig, model: nn.Module, steps_per_epoch: int,
               rt: Runtime) -> "Learner":
         optimizer = make_optimizer(cfg, model)
         cycle = OneCycle(cfg.lr_min, cfg.lr_max, cfg.epochs, cfg.peak_epoch, steps_per_epoch)
+        graphs = (cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune")
+                  and rt.device.type == "cuda")
         return cls(model, optimizer, cycle.build(optimizer, cfg.cycle_momentum), rt.scaler(),
-                   nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), rt)
+                   nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), rt, graphs)
 
     @property
     def bare(self) -> nn.Module:
@@ -93,6 +96,8 @@ class Learner:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on a batch already on the device; (loss, logits)."""
+        if self.graphs:  # a new step: the last replay's outputs are read, its memory reusable
+            torch.compiler.cudagraph_mark_step_begin()
         with self.rt.autocast():
             out = self.model(x)
             loss = self.loss_fn(out, y)
@@ -246,7 +251,7 @@ def predict(model: nn.Module, loader: Iterable, rt: Runtime, tta: bool = False):
     for x, y in loader:
         x, y = rt.batch(x, y)
         with rt.autocast():
-            out = model(x).float()
+            out = model(x).float().clone()  # a CUDA-graph replay would reuse its memory
             avg = (out + model(torch.flip(x, dims=[3])).float()) / 2 if tta else out
         plain.append(out)
         averaged.append(avg)

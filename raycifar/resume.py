@@ -29,7 +29,7 @@ STATE_KEYS = TrainState.keys()
 MAY_CHANGE = {"data_dir", "data_format", "cache_dir", "loader_workers", "num_workers",
               "cpus_per_worker", "gpus_per_worker", "use_gpu", "storage_path", "shared_storage",
               "name",
-              "max_failures", "stop_after_epoch", "compile"}
+              "max_failures", "stop_after_epoch", "compile", "compile_mode"}
 
 
 def latest_checkpoint(run: RunFolder) -> Optional[str]:

@@ -85,7 +85,7 @@ def train_loop_per_worker(config: dict) -> dict:
     model = ray.train.torch.prepare_model(                              # Ray: device + DDP
         build_model(w.cfg, len(w.data.arrays.classes), w.rt))
     if w.cfg.compile:  # compiles on the first batch; DDP's buckets become graph breaks
-        model = torch.compile(model)
+        model = torch.compile(model, mode=w.cfg.compile_mode)
     learner = Learner.build(w.cfg, model, len(batches), w.rt)
     tests, test_idx = test_batches(w.data, w.rank, w.world,
                                    w.rt if w.cfg.augment == "gpu" else None)

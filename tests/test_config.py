@@ -15,6 +15,8 @@ def test_defaults_are_the_spec():
     ({"batch_size": 512, "num_workers": 3},
      "batch_size=512 cannot be split evenly across num_workers=3; use a batch size divisible"),
     ({"precision": "fp8"}, "precision='fp8' is not one of"),
+    ({"compile_mode": "max-autotune-no-cudagraphs"}, "compile_mode='max-autotune-no-cudagraphs' "
+                                                     "is not one of"),
     ({"name": "a/b"}, "must be a non-empty folder name"),
 ])
 def test_bad_values_name_key_value_and_fix(changes, message):

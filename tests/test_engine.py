@@ -100,3 +100,27 @@ def test_unwrap_finds_the_network_inside_compile_and_ddp_style_wrappers():
     assert unwrap(Wrapper(net)) is net
     assert unwrap(torch.compile(Wrapper(net), backend="eager")) is net
     assert set(unwrap(torch.compile(net, backend="eager")).state_dict()) == {"0.weight", "0.bias"}
+
+
+def test_cuda_graph_steps_are_marked_only_for_graph_modes_on_a_gpu(monkeypatch):
+    """reduce-overhead and max-autotune replay CUDA graphs: each step must tell torch a new
+    step begins (else the last replay's outputs may be overwritten while still read)."""
+    from raycifar.config import TrainConfig
+
+    cfg = TrainConfig(lr_max=0.4, lr_min=0.04)
+    cuda = Runtime(torch.device("cuda"))  # never placed on: Learner.build only reads the type
+    for changes, rt, graphs in [({"compile": True, "compile_mode": "reduce-overhead"}, cuda, True),
+                                ({"compile": True, "compile_mode": "max-autotune"}, cuda, True),
+                                ({"compile": True}, cuda, False),
+                                ({"compile_mode": "reduce-overhead"}, cuda, False),
+                                ({"compile": True, "compile_mode": "reduce-overhead"}, CPU, False)]:
+        learner = Learner.build(cfg.replace(**changes), tiny_model(), 4, rt)
+        assert learner.graphs is graphs, changes
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    learner = Learner.build(cfg, tiny_model(), 4, CPU)
+    x, y = tiny_problem()[0]
+    learner.step(x, y)
+    learner.graphs = True
+    learner.step(x, y)
+    assert marks == [1]
