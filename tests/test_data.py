@@ -117,27 +117,46 @@ def test_validation_holds_out_training_images(tmp_path, image_folder):
         load_arrays(cfg(tmp_path, data_dir=str(image_folder), validation=72))
 
 
-def test_decoding_in_processes_gives_the_arrays_of_one_process(tmp_path, monkeypatch):
+# Run in a fresh interpreter: the test process may have Ray running (other tests' clusters),
+# where the decoders rightly do not fork.
+FORKED_DECODE = """
+import os, sys
+from pathlib import Path
+import numpy as np
+from raycifar import data
+from raycifar.data import DataError
+root = Path(sys.argv[1])
+data.DECODE_CHUNK = 5
+files = data._list_split(root, "train")
+classes = sorted(files)
+assert data._decode_processes(len(classes) * 6 // 5) == min(len(os.sched_getaffinity(0)), 3)
+forked = data._decode(files, classes)
+processes = data._decode_processes
+data._decode_processes = lambda chunks: 1
+alone = data._decode(files, classes)
+assert np.array_equal(forked[0], alone[0]) and np.array_equal(forked[1], alone[1])
+assert list(forked[1]) == [c for c in range(len(classes)) for _ in range(6)]
+data._decode_processes = processes
+(root / "train" / classes[-1] / "0003.jpg").write_bytes(b"not a jpeg")
+try:
+    data._decode(data._list_split(root, "train"), classes)
+except DataError as e:
+    assert "cannot read image" in str(e) and "0003.jpg" in str(e), e
+    print("ok")
+"""
+
+
+def test_decoding_in_processes_gives_the_arrays_of_one_process(tmp_path):
     """A chunk of 5 images per task forces several forked decoders on any machine with 2+
     cores; the arrays and the order are those of a single-process decode, and a broken image
     inside a forked decoder is still the one-line DataError."""
-    from raycifar import data
+    import subprocess
+    import sys
 
     root = write_folder(tmp_path / "data", n_train=6, n_test=2, suffix=".jpg")
-    monkeypatch.setattr(data, "DECODE_CHUNK", 5)
-    files = data._list_split(root, "train")
-    classes = sorted(files)
-    assert data._decode_processes(len(classes) * 6 // 5) == min(len(os.sched_getaffinity(0)), 12)
-    forked = data._decode(files, classes)
-    monkeypatch.setattr(data, "_decode_processes", lambda chunks: 1)
-    alone = data._decode(files, classes)
-    assert np.array_equal(forked[0], alone[0]) and np.array_equal(forked[1], alone[1])
-    assert list(forked[1]) == [c for c in range(len(classes)) for _ in range(6)]
-    monkeypatch.undo()
-    monkeypatch.setattr(data, "DECODE_CHUNK", 5)
-    (root / "train" / classes[-1] / "0003.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(DataError, match="cannot read image .*0003.jpg"):
-        data._decode(data._list_split(root, "train"), classes)
+    done = subprocess.run([sys.executable, "-c", FORKED_DECODE, str(root)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 def test_no_forked_decoders_where_ray_runs_in_this_process(monkeypatch):
