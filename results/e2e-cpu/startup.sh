@@ -12,9 +12,9 @@ set -euo pipefail
 OUT=${OUT:-/tmp/startup-split}
 DATA=${DATA:-/tmp/dev/cifar10-dev}
 export RAY_AUTH_MODE=disabled
-rm -rf "$OUT" && mkdir -p "$OUT"
+rm -rf "$OUT" && git worktree prune && mkdir -p "$OUT"
 git worktree add -f -q "$OUT/before-tree" f6db08f
-git -C "$OUT/before-tree" -c user.name=x -c user.email=x@x revert --no-edit -q c2bf982 c05a703
+git -C "$OUT/before-tree" -c user.name=x -c user.email=x@x revert --no-edit c2bf982 c05a703 > /dev/null
 for label in before after; do
     tree=$PWD; [ "$label" = before ] && tree="$OUT/before-tree"
     for pass in cold warm; do
