@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.split:
         summary = RunFolder(args.split).read_json(runs.SUMMARY)
-        log.info("\n" + split_markdown(args.split, summary))
+        print(split_markdown(args.split, summary), end="")  # the command's output: markdown
         return 0
     started = timeline.process_start()
     if args.repeats < 1:

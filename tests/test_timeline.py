@@ -62,3 +62,19 @@ def test_the_split_lists_the_start_up_in_order_and_adds_up_to_the_command():
     text = bench_figures.split_markdown("runs/x", summary)
     assert "**12% of the steps' time**" in text  # (1.2 + 0.8) / 16.8
     assert "| start-up: Ray: started here, or joined | 4.0 | 24% of the steps |" in text
+
+
+def test_bench_split_prints_the_markdown_alone(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    summary = {"train_seconds": 16.8, "eval_seconds": 1.2, "record_seconds": 0.8,
+               "command_seconds": 45.0, "startup": timeline.phases(MOMENTS), "epochs": 24,
+               "device_name": "NVIDIA H200", "precision": "bf16", "train_images": 45000}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    done = subprocess.run([sys.executable, "-m", "raycifar.bench", "--split", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == bench_figures.split_markdown(str(tmp_path), summary)
+    assert done.stdout.startswith(f"# Where the time of {tmp_path} went")
