@@ -282,12 +282,12 @@ DECODE_CHUNK = 2048
 
 def _decode_processes(chunks: int) -> int:
     """Processes for decoding: this machine's cores (at most 16), or 1 where forking is not
-    safe: no fork on this OS, or Ray runs in this process (its threads would be forked)."""
-    import multiprocessing
+    safe: off Linux (macOS's system libraries can crash a forked child), or where Ray runs in
+    this process (its threads would be forked)."""
     import sys
 
     ray = sys.modules.get("ray")
-    if ("fork" not in multiprocessing.get_all_start_methods()
+    if (not sys.platform.startswith("linux")
             or (ray is not None and getattr(ray, "is_initialized", lambda: False)())):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -159,7 +159,7 @@ def test_decoding_in_processes_gives_the_arrays_of_one_process(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
-def test_no_forked_decoders_where_ray_runs_in_this_process(monkeypatch):
+def test_no_forked_decoders_where_ray_runs_in_this_process_or_off_linux(monkeypatch):
     import sys
     import types
 
@@ -169,3 +169,5 @@ def test_no_forked_decoders_where_ray_runs_in_this_process(monkeypatch):
     assert data._decode_processes(20) == 1
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False))
     assert data._decode_processes(20) == min(len(os.sched_getaffinity(0)), 16)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert data._decode_processes(20) == 1
