@@ -258,6 +258,9 @@ def _read_folder_cached(root: Path, cache: Path) -> CifarArrays:
         return CifarArrays(xtr, ytr, xte, yte, classes)
 
 
+DECODE_CHUNK = 2048  # images a decoding task takes
+
+
 def _decode(files: dict[str, list[Path]], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Every image of `files` (class -> paths) as uint8 NHWC, with its class's index; decoded
     in forked processes where that is safe (a first run's 50,000 small JPEGs: ~5 s in one
@@ -275,9 +278,6 @@ def _decode(files: dict[str, list[Path]], classes: list[str]) -> tuple[np.ndarra
     else:
         parts = [_decode_files(chunk) for chunk in chunks]
     return np.concatenate(parts), labels
-
-
-DECODE_CHUNK = 2048
 
 
 def _decode_processes(chunks: int) -> int:
