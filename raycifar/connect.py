@@ -65,13 +65,21 @@ def init_ray(address: Optional[str]) -> bool:
         return True
     target = cluster_to_join(address)
     if target:
+        # The `ray start` cluster of this node is joined as Ray finds it itself ("auto": the
+        # same address file), since Ray 2.60 turns token authentication on for a cluster found
+        # that way when a token exists; an address given (--address, RAY_ADDRESS) is passed
+        # as it is and needs RAY_AUTH_MODE=token on a token cluster, as for Ray's own tools.
+        found_here = not address and not os.environ.get("RAY_ADDRESS")
         try:
-            ray.init(address=target)
+            ray.init(address="auto" if found_here else target)
         except ConnectionError as e:
+            token = ("" if found_here or os.environ.get("RAY_AUTH_MODE") else
+                     "; a cluster with token authentication also needs RAY_AUTH_MODE=token "
+                     "and its token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
             raise RaycifarError(
                 f"cannot reach the Ray cluster at {target} ({str(e).splitlines()[0]}); start it "
                 "(`ray start --head`), pass the right --address, or `ray stop` a stale one "
-                "so that a local Ray starts") from e
+                f"so that a local Ray starts{token}") from e
     else:
         port = free_port()
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by Ray when it starts the head

@@ -28,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` of this interpreter
 
@@ -128,6 +129,7 @@ class SimCluster:
     dashboard: str = ""
     forbidden: Path = field(init=False)
     nodes: list[str] = field(default_factory=list)  # the custom resource naming each node
+    token: Optional[Path] = None  # a token file: the cluster and its drivers use token auth
 
     def __post_init__(self):
         self.forbidden = self.root / "driver-only"  # workers may not open anything here
@@ -141,8 +143,13 @@ class SimCluster:
         return self.root / "forbidden-opens.log"
 
     def driver_env(self) -> dict:
-        """A driver's environment on the head: no address, Ray's default temp dir ours."""
-        return {**ray_env(), "RAY_TMPDIR": str(self.root)}
+        """A driver's environment on the head: no address, Ray's default temp dir ours; with
+        a token, RAY_AUTH_MODE unset and the token where Ray looks for one, as a user's."""
+        env = {**ray_env(), "RAY_TMPDIR": str(self.root)}
+        if self.token is not None:
+            del env["RAY_AUTH_MODE"]
+            env["RAY_AUTH_TOKEN_PATH"] = str(self.token)
+        return env
 
     def _node_env(self) -> dict:
         path = os.pathsep.join(p for p in (str(self.root / "hook"),
@@ -152,6 +159,7 @@ class SimCluster:
         # workers started ahead: they compete with the raylet's registration on 2 cores.
         return {**self.driver_env(), "PYTHONPATH": path, "RAY_ADDRESS": self.gcs,
                 "RAY_enable_worker_prestart": "0",
+                **({"RAY_AUTH_MODE": "token"} if self.token is not None else {}),
                 "RAYCIFAR_TEST_FORBID": str(self.forbidden),
                 "RAYCIFAR_TEST_FORBID_LOG": str(self.forbidden_log)}
 

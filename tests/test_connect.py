@@ -64,6 +64,14 @@ def test_joining_passes_the_address_and_nothing_else(recorded_init, monkeypatch)
     assert recorded_init == [{"address": "10.0.0.2:6379"}]  # no resources, no private args
 
 
+def test_the_ray_start_cluster_is_joined_as_ray_finds_it(recorded_init, monkeypatch):
+    """As "auto": Ray 2.60 enables token auth only for a cluster it found itself."""
+    monkeypatch.setattr("raycifar.ray_compat.started_cluster_address", lambda: "10.0.0.3:6379")
+    assert connect.init_ray(None) is True
+    assert connect.init_ray("10.0.0.1:6379") is True
+    assert recorded_init == [{"address": "auto"}, {"address": "10.0.0.1:6379"}]
+
+
 def test_a_local_ray_gets_its_own_port_and_tells_its_jobs(recorded_init):
     assert connect.init_ray(None) is False
     (kw,) = recorded_init
@@ -80,9 +88,15 @@ def test_an_unreachable_cluster_is_one_line(monkeypatch, no_cluster):
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     with pytest.raises(RaycifarError, match=r"cannot reach the Ray cluster at 10\.9\.9\.9:6379 "
-                                            r"\(Could not find any running Ray instance\.\)"):
+                                            r"\(Could not find any running Ray instance\.\)") as e:
         connect.init_ray("10.9.9.9:6379")
+    assert "needs RAY_AUTH_MODE=token" in str(e.value) and "\n" not in str(e.value)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the user chose: no token hint
+    with pytest.raises(RaycifarError) as e:
+        connect.init_ray("10.9.9.9:6379")
+    assert "RAY_AUTH_MODE" not in str(e.value)
 
 
 def test_ray_start_leaves_the_address_where_we_read_it(monkeypatch, tmp_path):

@@ -180,3 +180,31 @@ def test_lr_search_runs_the_range_test_and_the_search_on_the_cluster(cluster):
     assert run.read_json("lr_finder.json")["settings"]["device"] == "cpu"
     assert "No available node types can fulfill" not in out
     assert_workers_never_opened_the_data(cluster)
+
+
+def test_a_token_authenticated_cluster_is_joined_as_a_bare_ray_init_would():
+    """Ray 2.60 turns token authentication on for a cluster it finds itself (no address, or
+    "auto") when a token exists, and never for an address passed in: the `ray start` cluster
+    of this node is joined as "auto", so the default path works with RAY_AUTH_MODE unset."""
+    from ray._private.authentication.authentication_token_generator import (
+        generate_new_authentication_token)
+
+    sim = new_cluster()
+    sim.token = sim.root / "auth_token"
+    sim.token.write_text(generate_new_authentication_token())
+    try:
+        sim.start_head()
+        write_folder(sim.forbidden / "data", n_train=24, n_test=8)
+        done = train(sim, tiny_args(sim, sim.root / "runs", "token", "--lr-max", "0.05",
+                                    "--lr-min", "0.005", "--epochs", "2"))
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        assert RunFolder(str(sim.root / "runs" / "token")).exists("summary.json")
+        # an address given needs RAY_AUTH_MODE=token, as Ray's own tools do
+        joined = subprocess.run(
+            [sys.executable, "-c", "import ray; from raycifar.connect import init_ray; "
+             f"init_ray('{sim.gcs}'); print(int(ray.cluster_resources()['CPU']))"],
+            env={**sim.driver_env(), "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
+            timeout=120)
+        assert joined.returncode == 0 and joined.stdout.split()[-1] == "2", joined.stderr[-3000:]
+    finally:
+        sim.stop()
