@@ -20,9 +20,9 @@ loader_worker  images/s ONE DataLoader worker delivers through the albumentation
     no model (collation included, worker start excluded), set against `plain`'s rate and, the
     fairer yardstick, against `plain_gpu_augment`'s (the model's rate with no loader to wait for;
     on a fast GPU the plain loop only shows how fast its loader is).
-first_step  seconds from calling fit() until rank 0 is about to draw its first batch (its
-    config.json is written): controller and worker start, process group, the worker's imports,
-    data load, model build; excludes starting Ray. command_to_first_step: once, from this
+first_step  seconds from calling fit() until rank 0 is about to draw its first batch (the
+    timeline's train_start + worker_data + worker_setup): controller and worker start, process
+    group, the worker's imports, data from the object store, model build; excludes starting Ray. command_to_first_step: once, from this
     process's start to that moment in the first Ray run (imports and Ray's start included).
 gpu_peak_*  torch.cuda.max_memory_allocated of each plain loop (Ray workers' GPUs: not seen).
 host_peak_rss_*  ru_maxrss of this process and of its largest finished child (a loader worker);
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shlex
 import sys
@@ -125,13 +124,14 @@ def ray_run(cfg: TrainConfig, key: str, use_gpu: bool) -> dict:
         run_cfg = cfg.replace(storage_path=d, name="bench", epochs=2, peak_epoch=1,
                               stop_after_epoch=0, max_failures=0)
         launched = time.time()
-        fit(run_cfg, use_gpu)
+        summary = fit(run_cfg, use_gpu, {"moments": {"fit": launched}}).return_value
         rows = RunFolder(run_cfg.run_dir).read_csv(runs.METRICS, ["images_per_second"])
-        # rank 0 writes config.json right before its epoch loop asks for the first batch
-        ready = os.path.getmtime(os.path.join(run_cfg.run_dir, runs.CONFIG))
-    out = {key: float(rows[-1]["images_per_second"]), "ready_at": ready}
+    # the timeline's phases from fit() to rank 0's first step
+    first_step = sum(summary["startup"][k] for k in ("train_start", "worker_data",
+                                                     "worker_setup"))
+    out = {key: float(rows[-1]["images_per_second"]), "ready_at": launched + first_step}
     if key == "ray":
-        out["first_step"] = ready - launched
+        out["first_step"] = first_step
     return out
 
 

@@ -144,14 +144,12 @@ def time_split(summary: dict) -> list[tuple[str, float, str]]:
     parts += [("training steps", steps), ("evaluation (every epoch)", ev),
               ("run files and checkpoints (every epoch)", rec)]
     total = summary.get("command_seconds")
-    if total is not None and in_all is not None:
-        parts.append(("the rest: between epochs, the final predictions and model.pt",
-                      total - in_all - steps - ev - rec))
-    elif total is not None:
-        parts.append(("start-up and the rest: Ray, data, range test, workers, final files",
-                      total - steps - ev - rec))
     if total is not None:
-        parts.append(("command, start to finished run folder", total))
+        rest = total - steps - ev - rec
+        parts += [("start-up and the rest: Ray, data, range test, workers, final files", rest)
+                  if in_all is None else
+                  ("the rest: between epochs, the final predictions and model.pt", rest - in_all),
+                  ("command, start to finished run folder", total)]
     return [(name, s, f"{s / steps:.0%} of the steps") for name, s in parts]
 
 

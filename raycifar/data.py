@@ -288,7 +288,7 @@ def _decode_processes(chunks: int) -> int:
 
     ray = sys.modules.get("ray")
     if (not sys.platform.startswith("linux")
-            or (ray is not None and getattr(ray, "is_initialized", lambda: False)())):
+            or (ray is not None and ray.is_initialized())):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cores or 1, 16, chunks))
