@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional
 
-from .config import RaycifarError
+from .config import RaycifarError, gpu_sharing_problem
 
 
 def is_uri(path: str) -> bool:
@@ -76,11 +76,21 @@ def shape(need: Mapping[str, float]) -> str:
     return " + ".join(f"{v:g} {k}" for k, v in need.items())
 
 
+def check_gpu_sharing(cfg, use_gpu: bool) -> None:
+    """Refuse a multi-worker run on fractions of GPUs (config.gpu_sharing_problem): it would
+    crash in NCCL wherever Ray puts its ranks on one GPU, so it is refused wherever it runs."""
+    problem = gpu_sharing_problem(cfg.num_workers, cfg.gpus_per_worker) if use_gpu else None
+    if problem:
+        raise RaycifarError(problem)
+
+
 def check_placement(cfg, nodes: Iterable[Mapping[str, Any]], use_gpu: bool,
                     local: bool) -> int:
-    """Refuse (local) or warn (joined cluster) when the workers cannot all be placed now.
+    """Refuse (local) or warn (joined cluster) when the workers cannot all be placed now;
+    refuse GPU sharing within a run (check_gpu_sharing) on any cluster.
 
     Returns how many workers fit."""
+    check_gpu_sharing(cfg, use_gpu)
     nodes = list(nodes)
     need = cfg.worker_resources(use_gpu)
     room = placeable_workers(nodes, need)
@@ -106,6 +116,7 @@ def trial_concurrency(nodes: Iterable[Mapping[str, Any]], cfg, use_gpu: bool, tr
     workers can be placed would leave Train runs waiting for workers held by sibling trials,
     so a cluster that cannot place even one is an error here, not a wait forever.
     """
+    check_gpu_sharing(cfg, use_gpu)
     if max_concurrent is not None:
         return max(1, min(max_concurrent, trials))
     nodes = list(nodes)

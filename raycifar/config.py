@@ -17,8 +17,9 @@ OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENTS = ("albumentations", "gpu")
 # torch.compile's modes: reduce-overhead replays CUDA graphs (on a GPU), max-autotune also
-# tries kernel configurations (minutes of compiling)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+# tries kernel configurations (minutes of compiling) and replays CUDA graphs too
+GRAPH_MODES = ("reduce-overhead", "max-autotune")
+COMPILE_MODES = ("default",) + GRAPH_MODES
 
 
 class RaycifarError(Exception):
@@ -127,6 +128,24 @@ def resolve_storage_path(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def gpu_sharing_problem(num_workers: int, gpus_per_worker: float) -> Optional[str]:
+    """Why `num_workers` training workers of `gpus_per_worker` GPUs each cannot run, or None.
+
+    A fraction of a GPU lets Ray place several workers on one GPU, and it does: every rank of a
+    2 x 0.5 run gets GPU 0. Ray Train then builds an NCCL process group over them, and NCCL
+    refuses two ranks on one device ("Duplicate GPU detected") at the first collective. So a
+    fraction is for one-worker trials only (several trials, each its own process group, share
+    a GPU), and a multi-worker run takes whole GPUs.
+    """
+    if num_workers > 1 and gpus_per_worker < 1:
+        return (f"--num-workers {num_workers} with --gpus-per-worker {gpus_per_worker:g} would "
+                "put ranks of one NCCL process group on the same GPU, which NCCL refuses "
+                "(Duplicate GPU detected); a fraction packs one-worker trials onto a GPU "
+                "(tune seeds/search --num-workers 1 --gpus-per-worker 0.25), and a "
+                "multi-worker run takes whole GPUs (--gpus-per-worker 1)")
+    return None
+
+
 def _validate(c: TrainConfig) -> list[str]:
     p: list[str] = []
 
@@ -158,6 +177,13 @@ def _validate(c: TrainConfig) -> list[str]:
     need(0 < c.gpus_per_worker <= 1 or float(c.gpus_per_worker).is_integer(),
          f"gpus_per_worker={c.gpus_per_worker} must be a fraction in (0, 1] (workers sharing "
          "a GPU) or a whole number")
+    if c.use_gpu:  # left to the cluster (None): checked once it is known (cluster.py)
+        sharing = gpu_sharing_problem(c.num_workers, c.gpus_per_worker)
+        need(sharing is None, sharing or "")
+    need(not (c.compile and c.compile_mode in GRAPH_MODES and c.num_workers > 1),
+         f"compile_mode={c.compile_mode!r} replays CUDA graphs, which DDP with BatchNorm is "
+         "not known to run right (pytorch issues 139207, 128218); with num_workers="
+         f"{c.num_workers} use --compile-mode default, or one worker")
     need(c.loader_workers >= 0, f"loader_workers={c.loader_workers} must be >= 0")
     need(c.subset == 0 or c.subset >= 10,
          f"subset={c.subset} must be 0 (all data) or >= 10 images")

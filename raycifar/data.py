@@ -282,13 +282,15 @@ def _decode(files: dict[str, list[Path]], classes: list[str]) -> tuple[np.ndarra
 
 def _decode_processes(chunks: int) -> int:
     """Processes for decoding: this machine's cores (at most 16), or 1 where forking is not
-    safe: off Linux (macOS's system libraries can crash a forked child), or where Ray runs in
-    this process (its threads would be forked)."""
+    safe: off Linux (macOS's system libraries can crash a forked child), where Ray runs in
+    this process (its threads would be forked), or once this process has initialised CUDA (a
+    forked child cannot use it, and the driver's threads do not survive the fork)."""
     import sys
 
-    ray = sys.modules.get("ray")
+    ray, torch = sys.modules.get("ray"), sys.modules.get("torch")
     if (not sys.platform.startswith("linux")
-            or (ray is not None and ray.is_initialized())):
+            or (ray is not None and ray.is_initialized())
+            or (torch is not None and torch.cuda.is_initialized())):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cores or 1, 16, chunks))

@@ -76,19 +76,33 @@ class EpochProgress:
         self.start = self.last = clock()
         self.done = self.images = 0
         self.loss = self.accuracy = 0.0
+        self.figures_at = 0  # batches done when the figures were last read
         self.printed_at = -1  # batches done when the last plain line was printed
 
-    def update(self, batch: int, images: int, loss: float, accuracy: float, last_loss: float
-               ) -> None:
-        """After a batch: `batch` batches and `images` images done on this rank, running mean
-        loss and accuracy so far, and the loss of this batch (the tqdm postfix shows it)."""
-        self.done, self.images, self.loss, self.accuracy = batch, images, loss, accuracy
+    def update(self, batch: int, images: int, loss: Optional[float] = None,
+               accuracy: Optional[float] = None, last_loss: Optional[float] = None) -> None:
+        """After a batch: `batch` batches and `images` images done on this rank and, when the
+        training loop has read them from the device (engine.train_epoch does every few dozen
+        steps, and whenever `due()`), the running mean loss and accuracy so far and the loss of
+        the last batch (the tqdm postfix shows it). Without them the last figures stand."""
+        self.done, self.images = batch, images
         if self.bar is not None:
             self.bar.update(1)
+        if loss is not None:
+            self.figures(batch, loss, accuracy, last_loss)
+        if self.plain and self.due():
+            self._line()
+
+    def figures(self, batch: int, loss: float, accuracy: float, last_loss: float) -> None:
+        """The running figures as read after `batch` batches (shown from now on)."""
+        self.loss, self.accuracy, self.figures_at = loss, accuracy, batch
+        if self.bar is not None:
             self.bar.set_postfix_str(f"Loss={last_loss:.4f} Batch_id={batch - 1} "
                                      f"Accuracy={100 * accuracy:.2f}", refresh=False)
-        elif self.plain and self.clock() - self.last >= self.interval:
-            self._line()
+
+    def due(self) -> bool:
+        """Whether the next update prints a plain line, so its figures should be fresh."""
+        return self.plain and self.clock() - self.last >= self.interval
 
     def line(self) -> str:
         """The plain progress line for where the epoch is now."""

@@ -60,17 +60,40 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> Optional[frozenset[str]]:
     return None
 
 
+def gpu_auto_precision(capability: tuple[int, int], name: str = "this GPU",
+                       rocm: bool = False) -> tuple[str, str]:
+    """What `auto` means on a CUDA GPU of this compute capability, and why.
+
+    bf16 needs the tensor cores of Ampere and later (compute capability 8.0+: A100, A10, L4,
+    RTX 30xx/40xx, H100, H200). Below that torch still runs bf16, but emulated
+    (`torch.cuda.is_bf16_supported()` counts that as support by default), which is slower than
+    fp32; Volta and Turing (7.x: V100, T4, RTX 20xx) have fp16 tensor cores, so fp16 with loss
+    scaling; Pascal and older (6.x and below: P100, K80) have no tensor cores: fp32. ROCm GPUs
+    that torch runs on do bf16 (torch says so for every one of them).
+    """
+    major, minor = capability
+    cc = f"{name}, compute capability {major}.{minor}"
+    if rocm:
+        return "bf16", f"{name} is a ROCm GPU, which runs bf16"
+    if major >= 8:
+        return "bf16", f"{cc}: bf16 on its tensor cores (8.0 and later)"
+    if major == 7:
+        return "fp16", (f"{cc}: no native bf16 (emulated, slower than fp32) but fp16 tensor "
+                        "cores, so fp16 with loss scaling")
+    return "fp32", f"{cc}: no tensor cores (below 7.0), so fp32"
+
+
 def _auto(device: torch.device) -> tuple[str, str]:
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "this GPU supports bf16"
-        return "fp16", "this GPU has no bf16, so fp16 (with loss scaling)"
+        return gpu_auto_precision(torch.cuda.get_device_capability(device),
+                                  torch.cuda.get_device_name(device),
+                                  rocm=bool(torch.version.hip))
     return cpu_auto_precision(cpu_flags())
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """What `auto` means on this device: bf16 on GPUs that have it (else fp16); on CPUs, bf16
-    only with native bf16 units, fp32 elsewhere (see cpu_auto_precision for the figures)."""
+    """What `auto` means on this device: on GPUs by compute capability (gpu_auto_precision);
+    on CPUs bf16 only with native bf16 units, fp32 elsewhere (cpu_auto_precision)."""
     return _auto(device)[0] if precision == "auto" else precision
 
 
@@ -94,7 +117,12 @@ class Runtime:
     @classmethod
     def on(cls, device: torch.device, precision: str = "auto",
            channels_last: bool = False) -> "Runtime":
-        """`precision` as asked (`auto` resolved for this device)."""
+        """`precision` as asked (`auto` resolved for this device). On a GPU this also lets
+        cuDNN time its convolution kernels once per input shape and keep the fastest
+        (`cudnn.benchmark`): every batch here is 32x32, so the timing pays for itself within
+        the first epoch."""
+        if torch.device(device).type == "cuda":
+            torch.backends.cudnn.benchmark = True
         return cls(torch.device(device), resolve_precision(precision, torch.device(device)),
                    channels_last)
 

@@ -99,7 +99,10 @@ class TrainState:
         learner.bare.load_state_dict(self.model)
         learner.optimizer.load_state_dict(self.optimizer)
         learner.scheduler.load_state_dict(self.scheduler)
-        learner.scaler.load_state_dict(self.scaler)
+        if self.scaler or not learner.scaler.is_enabled():
+            learner.scaler.load_state_dict(self.scaler)  # a disabled scaler ignores it
+        # else: an fp32/bf16 checkpoint resumed in fp16 (`auto` on another GPU): the loss
+        # scale starts afresh, as it does at a run's start; it settles within a few steps
         loader_rng.set_state(self.loader_rng.cpu())
         set_rng_state(self.rng)
         return RunClock(before=self.wall_seconds, commands=self.commands + 1)

@@ -94,11 +94,11 @@ def train_loop_per_worker(config: dict) -> dict:
     ev = None  # the last epoch's evaluation, reused for the final predictions
     for epoch in range(done.epoch + 1, w.cfg.epochs + 1):
         result = train_one_epoch(w, learner, batches, epoch)
-        ev = timed(evaluate, model, tests, w.rt, w.cfg.tta)
+        ev = timed(evaluate, model, tests, w.rt, w.cfg.tta, learner.graphs)
         done = record(w, learner, done, epoch, result, ev)
         if epoch == w.cfg.stop_after_epoch and epoch < w.cfg.epochs:  # every rank stops
             return stopped(w, epoch)
-    ev = ev or evaluate(model, tests, w.rt, w.cfg.tta)  # resumed after the last epoch
+    ev = ev or evaluate(model, tests, w.rt, w.cfg.tta, learner.graphs)  # resumed at the end
     return finish(w, learner, ev, test_idx, done)
 
 
@@ -362,8 +362,9 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from .cluster import user_error
+    from .cluster import check_gpu_sharing, user_error
 
+    check_gpu_sharing(cfg, use_gpu)  # the drivers check first; bench and API calls come here
     meta = meta or {"version": __version__, "git_commit": git_commit()}
     if data is None:
         data = TrainingData.of(load_arrays(cfg))

@@ -163,13 +163,13 @@ class SimCluster:
                 "RAYCIFAR_TEST_FORBID": str(self.forbidden),
                 "RAYCIFAR_TEST_FORBID_LOG": str(self.forbidden_log)}
 
-    def _start(self, args: list[str], name: str, cpus: int) -> None:
+    def _start(self, args: list[str], name: str, cpus: int, gpus: float = 0) -> None:
         agent_http, agent_grpc, metrics, env_agent = free_ports(4)
         cmd = [*RAY_CLI, "start", *args, "--node-ip-address", "127.0.0.1",
                "--dashboard-agent-listen-port", str(agent_http),
                "--dashboard-agent-grpc-port", str(agent_grpc),
                "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(env_agent),
-               "--num-cpus", str(cpus), "--num-gpus", "0",
+               "--num-cpus", str(cpus), "--num-gpus", f"{gpus:g}",
                "--resources", json.dumps({name: 1}), "--disable-usage-stats"]
         for attempt in (1, 2):  # a busy machine sometimes misses Ray's fixed start window
             done = subprocess.run(cmd, env=self._node_env(), capture_output=True, text=True,
@@ -180,13 +180,14 @@ class SimCluster:
             time.sleep(2)
         raise AssertionError(f"ray start {name} failed:\n{done.stdout}\n{done.stderr}")
 
-    def start_head(self, cpus: int = 2) -> None:
+    def start_head(self, cpus: int = 2, gpus: float = 0) -> None:
+        """The head; `gpus` it declares without having them (GPU placement tests)."""
         gcs, dash, client = free_ports(3)
         self.gcs = f"127.0.0.1:{gcs}"
         self.dashboard = f"http://127.0.0.1:{dash}"
         self._start(["--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
                      "--dashboard-port", str(dash), "--ray-client-server-port", str(client)],
-                    "sim_node_0", cpus)
+                    "sim_node_0", cpus, gpus)
 
     def add_node(self, cpus: int = 2) -> None:
         # Each node its own temp dir, as on separate machines (a node takes the head's

@@ -18,6 +18,11 @@ def test_defaults_are_the_spec():
     ({"compile_mode": "max-autotune-no-cudagraphs"}, "compile_mode='max-autotune-no-cudagraphs' "
                                                      "is not one of"),
     ({"name": "a/b"}, "must be a non-empty folder name"),
+    ({"use_gpu": True, "num_workers": 2, "gpus_per_worker": 0.5},
+     "--num-workers 2 with --gpus-per-worker 0.5 would put ranks of one NCCL process group on "
+     "the same GPU"),
+    ({"compile": True, "compile_mode": "reduce-overhead", "num_workers": 2},
+     "compile_mode='reduce-overhead' replays CUDA graphs, which DDP with BatchNorm is not known"),
 ])
 def test_bad_values_name_key_value_and_fix(changes, message):
     with pytest.raises(ConfigError) as e:
@@ -45,3 +50,14 @@ def test_storage_path_made_absolute_but_uris_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_storage_path("runs") == str(tmp_path / "runs")
     assert resolve_storage_path("s3://bucket/runs") == "s3://bucket/runs"
+
+
+def test_gpu_fractions_are_for_one_worker_runs_and_whole_gpus_for_more():
+    TrainConfig(use_gpu=True, num_workers=1, gpus_per_worker=0.25)   # trials packed on a GPU
+    TrainConfig(use_gpu=True, num_workers=4, gpus_per_worker=1)      # DDP over four GPUs
+    TrainConfig(use_gpu=False, num_workers=2, gpus_per_worker=0.5)   # CPUs: GPUs unused
+    # left to the cluster: checked once it is known (cluster.check_gpu_sharing)
+    TrainConfig(use_gpu=None, num_workers=2, gpus_per_worker=0.5)
+    # graph modes are fine for one worker, and default compile for many
+    TrainConfig(compile=True, compile_mode="max-autotune", num_workers=1)
+    TrainConfig(compile=True, compile_mode="default", num_workers=2)

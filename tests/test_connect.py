@@ -138,3 +138,21 @@ def test_a_search_that_cannot_place_one_trial_fails_at_once(tmp_path):
         search_concurrency(head_only, cfg, True, trials=4)
     assert search_concurrency(head_only, cfg, True, trials=4, max_concurrent=2) == 2
     assert search_concurrency(head_only, cfg, True, trials=4, max_concurrent=9) == 4
+
+
+def test_a_multi_worker_run_on_gpu_fractions_is_refused_wherever_it_would_run(tmp_path):
+    from raycifar.cluster import check_gpu_sharing, check_placement
+
+    gpus = [node(16, gpus=1), node(16, gpus=1)]
+    packed = tiny_train_config(tmp_path, num_workers=2, cpus_per_worker=1, gpus_per_worker=0.5)
+    for call in (lambda: check_placement(packed, gpus, True, local=True),
+                 lambda: check_placement(packed, gpus, True, local=False),  # no mere warning
+                 lambda: search_concurrency(gpus, packed, True, trials=4),
+                 lambda: search_concurrency(gpus, packed, True, trials=4, max_concurrent=2)):
+        with pytest.raises(RaycifarError, match=r"^--num-workers 2 with --gpus-per-worker 0.5 "
+                                                r"would put ranks of one NCCL process group on "
+                                                r"the same GPU.*--gpus-per-worker 1\)$"):
+            call()
+    check_gpu_sharing(packed, use_gpu=False)  # on CPUs the GPU share is not asked for
+    assert check_placement(packed.replace(gpus_per_worker=1), gpus, True, local=True) == 2
+    assert search_concurrency(gpus, packed.replace(num_workers=1), True, trials=8) == 4

@@ -159,7 +159,7 @@ def test_decoding_in_processes_gives_the_arrays_of_one_process(tmp_path):
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
-def test_no_forked_decoders_where_ray_runs_in_this_process_or_off_linux(monkeypatch):
+def test_no_forked_decoders_where_ray_or_cuda_runs_in_this_process_or_off_linux(monkeypatch):
     import sys
     import types
 
@@ -168,6 +168,12 @@ def test_no_forked_decoders_where_ray_runs_in_this_process_or_off_linux(monkeypa
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True))
     assert data._decode_processes(20) == 1
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False))
+    assert data._decode_processes(20) == min(len(os.sched_getaffinity(0)), 16)
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # evaluate on a GPU box
+    assert data._decode_processes(20) == 1
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     assert data._decode_processes(20) == min(len(os.sched_getaffinity(0)), 16)
     monkeypatch.setattr(sys, "platform", "darwin")
     assert data._decode_processes(20) == 1

@@ -124,3 +124,100 @@ def test_cuda_graph_steps_are_marked_only_for_graph_modes_on_a_gpu(monkeypatch):
     learner.graphs = True
     learner.step(x, y)
     assert marks == [1]
+    # evaluation too: each forward (the image, then its mirror under TTA) is a new step
+    marks.clear()
+    evaluate(learner.model, [(x, y)], CPU, tta=True)
+    assert marks == []
+    evaluate(learner.model, [(x, y), (x, y)], CPU, tta=True, graphs=True)
+    assert marks == [1] * 4
+
+
+class SyncCounter:
+    """Counts the calls that make the host wait for a device: a tensor's value read on the
+    host (`item`, `int()`, `float()`, `bool()`, `tolist`, `numpy`) or copied to it (`cpu`)."""
+
+    NAMES = ("item", "__int__", "__float__", "__bool__", "__index__", "tolist", "numpy", "cpu")
+
+    def __init__(self, monkeypatch):
+        self.calls: list[str] = []
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(t, *a, _name=name, _original=original, **k):
+                self.calls.append(_name)
+                return _original(t, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_training_epoch_reads_the_device_once_per_fifty_steps(monkeypatch, progress, capsys):
+    """No step waits for the device: the sums live there and are read every READ_EVERY steps
+    (and at the end), whatever the loader (the on-device augmentation here) and the meter."""
+    from raycifar.batch_augment import DeviceBatches
+    from raycifar.engine import READ_EVERY
+
+    steps = 3 * READ_EVERY + 7
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (steps * 4, 8, 8, 3), dtype=torch.uint8, generator=rng).numpy()
+    y = (x[..., 0].mean((1, 2)) > 127).astype("int64")
+    loader = DeviceBatches(x, y, 4, [0.5] * 3, [0.25] * 3, torch.device("cpu"), seed=0,
+                           pad=2, cutout=2)
+    model = tiny_model()
+    model[1] = nn.Linear(192, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    learner = Learner(model, opt, OneCycle(0.01, 0.1, 2, 1, steps).build(opt), CPU.scaler(),
+                      nn.CrossEntropyLoss(), CPU)
+    loader.set_epoch(1)
+    counter = SyncCounter(monkeypatch)
+    result = train_epoch(learner, loader, epoch=1, progress=progress, progress_seconds=3600)
+    monkeypatch.undo()
+    assert len(result.steps) == steps and result.images == steps * 4
+    reads = steps // READ_EVERY + 1  # every READ_EVERY steps, and the last
+    assert len(counter.calls) <= reads + 2, counter.calls  # + what the end of the epoch reads
+    assert 0 < result.accuracy <= 1 and math.isfinite(result.loss)
+    if progress:  # the meter shows what was read
+        assert f"({steps}/{steps} batches)" in capsys.readouterr().out
+
+
+def test_the_epoch_loss_and_accuracy_match_a_host_side_count():
+    batches = tiny_problem()
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    learner = Learner(model, opt, OneCycle(0.01, 0.05, 2, 1, len(batches)).build(opt),
+                      CPU.scaler(), nn.CrossEntropyLoss(), CPU)
+    reference = tiny_model()
+    reference.load_state_dict(model.state_dict())
+    losses, right = [], 0
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.05)
+    ref_sched = OneCycle(0.01, 0.05, 2, 1, len(batches)).build(ref_opt)
+    for x, y in batches:  # the same steps, counted on the host
+        out = reference(x)
+        loss = nn.functional.cross_entropy(out, y)
+        ref_opt.zero_grad()
+        loss.backward()
+        ref_opt.step()
+        ref_sched.step()
+        losses.append(loss.item() * len(y))
+        right += int((out.argmax(1) == y).sum())
+    result = train_epoch(learner, batches)
+    assert result.loss == pytest.approx(sum(losses) / 64, rel=1e-6)
+    assert result.accuracy == right / 64
+
+
+def test_a_nan_between_reads_names_its_own_step():
+    from raycifar.engine import READ_EVERY
+
+    batches = tiny_problem(n=16 * (READ_EVERY + 10))
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = OneCycle(0.01, 0.1, 2, 1, len(batches)).build(opt)
+    at = READ_EVERY + 3  # read after step READ_EVERY + 10 (the last), not at once
+
+    def nan_at(out, y, calls=[0]):
+        calls[0] += 1
+        loss = nn.functional.cross_entropy(out, y)
+        return loss * math.inf if calls[0] - 1 >= at else loss
+
+    with pytest.raises(DivergenceError, match=rf"loss became inf at epoch 1, step {at} \(lr "):
+        train_epoch(Learner(model, opt, sched, CPU.scaler(), nan_at, CPU), batches)

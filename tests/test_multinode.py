@@ -208,3 +208,29 @@ def test_a_token_authenticated_cluster_is_joined_as_a_bare_ray_init_would():
         assert joined.returncode == 0 and joined.stdout.split()[-1] == "2", joined.stderr[-3000:]
     finally:
         sim.stop()
+
+
+def test_packing_ranks_of_one_run_onto_a_gpu_is_refused_before_any_worker_starts():
+    """A head that declares one GPU it does not have (`ray start --num-gpus 1`): two workers
+    of 0.5 GPU would both get GPU 0 and crash in NCCL, so every command that would train them
+    says so in one line and exits; one-worker trials of a fraction are what packing is for."""
+    sim = new_cluster()
+    try:
+        sim.start_head(cpus=4, gpus=1)
+        write_folder(sim.forbidden / "data", n_train=24, n_test=8)
+        storage = sim.root / "runs"
+        packed = ["--num-workers", "2", "--gpus-per-worker", "0.5", "--cpus-per-worker", "1",
+                  "--lr-max", "0.05", "--lr-min", "0.005"]
+        for module, extra in (("raycifar.train", []), ("raycifar.tune", ["seeds", "--seeds", "2"])):
+            argv = [*extra, *tiny_args(sim, storage, module.replace(".", "-"), *packed)]
+            start = time.monotonic()
+            done = subprocess.run([sys.executable, "-m", module, *argv], env=sim.driver_env(),
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
+            errors = [line for line in done.stderr.splitlines() if "error:" in line]
+            assert len(errors) == 1 and "would put ranks of one NCCL process group on the same " \
+                "GPU" in errors[0] and "--num-workers 1 --gpus-per-worker 0.25" in errors[0], errors
+            assert "Traceback" not in done.stderr and "NCCL" not in done.stdout
+            assert time.monotonic() - start < 60  # no retries, no waiting for a placement
+    finally:
+        sim.stop()

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from raycifar import runtime as engine
-from raycifar.runtime import cpu_auto_precision, cpu_flags, describe_precision, resolve_precision
+from raycifar.runtime import (Runtime, cpu_auto_precision, cpu_flags, describe_precision,
+                              gpu_auto_precision, resolve_precision)
 
 BASE_X86 = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma"
 AVX2 = frozenset(f"{BASE_X86} avx2".split())
@@ -97,9 +98,93 @@ def test_auto_never_asks_the_mkldnn_check_that_counts_emulation(monkeypatch):
     assert resolve_precision("auto", CPU) == "fp32"
 
 
-@pytest.mark.parametrize("bf16, want", [(True, "bf16"), (False, "fp16")])
-def test_gpu_auto_is_bf16_where_supported_else_fp16(monkeypatch, bf16, want):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+GPUS = [  # (compute capability, name, auto's choice)
+    ((6, 0), "Tesla P100-PCIE-16GB", "fp32"),   # Pascal: no tensor cores
+    ((7, 0), "Tesla V100-SXM2-16GB", "fp16"),   # Volta: fp16 tensor cores, bf16 emulated
+    ((7, 5), "Tesla T4", "fp16"),               # Turing (Colab's free GPU)
+    ((8, 0), "NVIDIA A100-SXM4-40GB", "bf16"),  # Ampere
+    ((8, 9), "NVIDIA L4", "bf16"),              # Ada
+    ((9, 0), "NVIDIA H200", "bf16"),            # Hopper
+]
+
+
+def pretend_gpu(monkeypatch, capability, name, hip=None):
+    """torch's device queries answer as a GPU of this capability would; nothing else of CUDA
+    may be asked (is_bf16_supported counts emulation as support, so it must not decide)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda *a, **k: pytest.fail("auto must not ask is_bf16_supported"))
+    monkeypatch.setattr(torch.version, "hip", hip)
     monkeypatch.setattr(engine, "cpu_flags", lambda: pytest.fail("a GPU ignores CPU flags"))
-    assert resolve_precision("auto", torch.device("cuda")) == want
-    assert describe_precision("auto", torch.device("cuda")).startswith(f"precision auto -> {want}")
+
+
+@pytest.mark.parametrize("capability, name, want", GPUS)
+def test_gpu_auto_follows_the_compute_capability(monkeypatch, capability, name, want):
+    pretend_gpu(monkeypatch, capability, name)
+    cuda = torch.device("cuda", 0)
+    assert resolve_precision("auto", cuda) == want
+    line = describe_precision("auto", cuda)
+    major, minor = capability
+    assert line.startswith(f"precision auto -> {want}: {name}, compute capability "
+                           f"{major}.{minor}: ")
+    assert resolve_precision("fp32", cuda) == "fp32"  # an explicit choice is kept
+
+
+def test_gpu_reasons_say_why():
+    assert "no native bf16 (emulated, slower than fp32)" in gpu_auto_precision((7, 5), "T4")[1]
+    assert "fp16 with loss scaling" in gpu_auto_precision((7, 0), "V100")[1]
+    assert "bf16 on its tensor cores" in gpu_auto_precision((8, 0), "A100")[1]
+    assert "no tensor cores" in gpu_auto_precision((6, 1), "GTX 1080")[1]
+    assert gpu_auto_precision((9, 4), "MI300X", rocm=True)[0] == "bf16"
+
+
+@pytest.mark.parametrize("capability, name, want", GPUS[1:3] + GPUS[-1:])
+def test_runtime_on_a_gpu_resolves_auto_and_benchmarks_cudnn(monkeypatch, capability, name,
+                                                             want):
+    pretend_gpu(monkeypatch, capability, name)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    rt = Runtime.on(torch.device("cuda", 0), "auto")
+    assert rt.precision == want
+    assert torch.backends.cudnn.benchmark is True  # fixed 32x32 inputs: time kernels once
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    Runtime.on(CPU, "fp32")
+    assert torch.backends.cudnn.benchmark is False  # a CPU run leaves cuDNN alone
+
+
+def _learner(precision):
+    from torch import nn
+
+    from raycifar.engine import Learner
+    from raycifar.schedule import OneCycle
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    rt = Runtime(CPU, precision)
+    return Learner(model, opt, OneCycle(0.01, 0.1, 2, 1, 4).build(opt), rt.scaler(),
+                   nn.CrossEntropyLoss(), rt)
+
+
+@pytest.mark.parametrize("then, now", [("fp32", "fp16"), ("bf16", "fp16"), ("fp16", "fp32"),
+                                       ("fp16", "fp16")])
+def test_a_checkpoint_resumes_under_another_precision(then, now):
+    """`auto` can mean fp16 where the run began in fp32 or bf16 (a T4 after an A100): the
+    loss scale starts afresh; the other way the scaler's state is not needed."""
+    from raycifar.state import RunClock, TrainState
+
+    before = _learner(then)
+    x, y = torch.randn(8, 1, 3, 4), torch.randint(0, 3, (8,))
+    before.step(x, y)
+    if then == "fp16":
+        before.scaler.update(1024.0)  # a scale that differs from a fresh scaler's
+    state = TrainState.capture(1, before, torch.Generator(), {"train_seconds": 1.0,
+                               "eval_seconds": 0.0, "record_seconds": 0.0}, RunClock(), {})
+    after = _learner(now)
+    state.restore(after, torch.Generator())
+    for a, b in zip(before.model.parameters(), after.model.parameters()):
+        assert torch.equal(a, b)
+    assert after.scheduler.last_epoch == 1
+    if now == "fp16":
+        assert after.scaler.get_scale() == (1024.0 if then == "fp16" else 65536.0)
+    after.step(x, y)  # and it trains on
