@@ -39,10 +39,11 @@ HELP = {
     "weight_decay": "L2 weight decay (on the mean loss)",
     "label_smoothing": "label smoothing of the training cross-entropy",
     "logit_scale": "multiply the logits by this (Page's ResNet-9 uses 0.125)",
-    "precision": "autocast precision; auto = bf16 on GPUs that have it, else fp16 (with loss "
-                 "scaling); on CPUs bf16 only where the CPU flags show native bf16 "
-                 "(avx512_bf16, amx_bf16; aarch64 bf16), else fp32 (emulated bf16 is 2.5-20x "
-                 "slower)",
+    "precision": "autocast precision; auto = by the GPU's compute capability: bf16 on 8.0 "
+                 "and later (A100, L4, H100), fp16 with loss scaling on 7.x (V100, T4), fp32 "
+                 "below; on CPUs bf16 only where the CPU flags show native bf16 (avx512_bf16, "
+                 "amx_bf16; aarch64 bf16), else fp32 (emulated bf16 is 2.5-20x slower); "
+                 "`python -m raycifar.doctor` shows what it picks here",
     "channels_last": "NHWC memory layout (faster with bf16 on CPU and on tensor cores)",
     "compile": "torch.compile the model for training and evaluation (inductor; the first "
                "steps wait for the compiler)",

@@ -69,11 +69,12 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.2
     logit_scale: float = 0.125            # multiplies the logits (Page's ResNet-9)
-    precision: str = "auto"               # auto | fp32 | bf16 | fp16 (autocast); auto = bf16
-                                          # on GPUs that have it, else fp16; on CPUs bf16 only
+    precision: str = "auto"               # auto | fp32 | bf16 | fp16 (autocast); auto on a
+                                          # GPU by compute capability: bf16 >= 8.0, fp16 (loss
+                                          # scaling) on 7.x, fp32 below; on CPUs bf16 only
                                           # with avx512_bf16/amx_bf16 (aarch64: bf16) in the
                                           # CPU flags, else fp32: emulated bf16 is 2.5-20x
-                                          # slower (engine.cpu_auto_precision)
+                                          # slower (runtime.py)
     channels_last: bool = True
     compile: bool = False                 # torch.compile the training model (inductor)
     compile_mode: str = "default"         # COMPILE_MODES, when compile

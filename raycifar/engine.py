@@ -59,12 +59,19 @@ def build_model(cfg: TrainConfig, num_classes: int, rt: Runtime) -> nn.Module:
     return rt.place(CustomResNet(num_classes, cfg.logit_scale))
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (or AdamW), starting at LRMIN as the cycle does."""
+def make_optimizer(cfg: TrainConfig, model: nn.Module,
+                   rt: Optional[Runtime] = None) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum (or AdamW), starting at LRMIN as the cycle does.
+
+    In fp16 the optimizer is torch's fused kernel: GradScaler then hands it the found-inf flag
+    on the device, where with any other optimizer `scaler.step` reads that flag on the host
+    every step (a sync that would drain a GPU's queue). The arithmetic is the same."""
+    fused = {"fused": True} if rt is not None and rt.precision == "fp16" else {}
     if cfg.optimizer == "adam":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr_min, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr_min, weight_decay=cfg.weight_decay,
+                                 **fused)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr_min, momentum=cfg.momentum,
-                           nesterov=True, weight_decay=cfg.weight_decay)
+                           nesterov=True, weight_decay=cfg.weight_decay, **fused)
 
 
 @dataclass
@@ -83,7 +90,7 @@ class Learner:
     @classmethod
     def build(cls, cfg: TrainConfig, model: nn.Module, steps_per_epoch: int,
               rt: Runtime) -> "Learner":
-        optimizer = make_optimizer(cfg, model)
+        optimizer = make_optimizer(cfg, model, rt)
         cycle = OneCycle(cfg.lr_min, cfg.lr_max, cfg.epochs, cfg.peak_epoch, steps_per_epoch)
         graphs = (cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune")
                   and rt.device.type == "cuda")

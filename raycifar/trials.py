@@ -71,7 +71,7 @@ def range_test_trainable(config: dict, data=None) -> None:
     swept = time.time()
     try:
         result = range_test(
-            model, make_optimizer(cfg, model), loader,
+            model, make_optimizer(cfg, model, rt), loader,
             nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), rt=rt,
             on_step=lambda i, lr, loss, sm: tune.report(                    # Ray: to Tune
                 {"step": i, "lr": lr, "loss": loss, "smoothed_loss": sm}),

@@ -150,12 +150,16 @@ class SyncCounter:
             monkeypatch.setattr(torch.Tensor, name, counted)
 
 
-@pytest.mark.parametrize("progress", [False, True])
-def test_a_training_epoch_reads_the_device_once_per_fifty_steps(monkeypatch, progress, capsys):
+@pytest.mark.parametrize("progress, precision", [(False, "fp32"), (True, "fp32"),
+                                                  (False, "fp16")])
+def test_a_training_epoch_reads_the_device_once_per_fifty_steps(monkeypatch, progress,
+                                                                precision, capsys):
     """No step waits for the device: the sums live there and are read every READ_EVERY steps
-    (and at the end), whatever the loader (the on-device augmentation here) and the meter."""
+    (and at the end), whatever the loader (the on-device augmentation here) and the meter; in
+    fp16 the loss scaler's found-inf check stays on the device too (a fused optimizer)."""
     from raycifar.batch_augment import DeviceBatches
-    from raycifar.engine import READ_EVERY
+    from raycifar.config import TrainConfig
+    from raycifar.engine import READ_EVERY, make_optimizer
 
     steps = 3 * READ_EVERY + 7
     rng = torch.Generator().manual_seed(0)
@@ -165,9 +169,10 @@ def test_a_training_epoch_reads_the_device_once_per_fifty_steps(monkeypatch, pro
                            pad=2, cutout=2)
     model = tiny_model()
     model[1] = nn.Linear(192, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    learner = Learner(model, opt, OneCycle(0.01, 0.1, 2, 1, steps).build(opt), CPU.scaler(),
-                      nn.CrossEntropyLoss(), CPU)
+    rt = Runtime(torch.device("cpu"), precision)
+    opt = make_optimizer(TrainConfig(lr_max=0.1, lr_min=0.01), model, rt)
+    learner = Learner(model, opt, OneCycle(0.01, 0.1, 2, 1, steps).build(opt), rt.scaler(),
+                      nn.CrossEntropyLoss(), rt)
     loader.set_epoch(1)
     counter = SyncCounter(monkeypatch)
     result = train_epoch(learner, loader, epoch=1, progress=progress, progress_seconds=3600)
