@@ -1,12 +1,14 @@
 """Throughput, start-up time and peak memory of raycifar's training loop, plain and under Ray.
 
 Throughput runs two epochs of `--subset` images and times the second (warm) one, with the same
-model, global batch, precision (fp16 with a GradScaler), layout and device (the GPU if any). The
+model, global batch, precision (--precision; fp16 with a GradScaler), layout and device (the GPU
+if any). The
 variants are interleaved within each repeat, so machine drift hits all alike; medians reported.
 
 ray, ray_2workers  raycifar's worker loop under Ray Train, 1 / 2 workers (global batch split):
-    the images/s it records in metrics.csv; covers the steps incl. DDP and the per-step loss
-    read-back, excludes evaluation, checkpoints and Ray's reporting between epochs.
+    the images/s it records in metrics.csv; covers the steps incl. DDP and the loop's reads of
+    its device-side sums (one per 50 steps), excludes evaluation, checkpoints and Ray's
+    reporting between epochs.
 plain, plain_gpu_augment  raycifar's own training epoch (engine.py) in this process, no Ray,
     fed by the albumentations DataLoader (--augment, --loader-workers) or by DeviceBatches.
 plain_compile, plain_contiguous, plain_bf16  `plain` with one option turned (on a GPU the
@@ -53,8 +55,8 @@ from .data import ArrayDataset, CifarArrays, TrainingData, load_arrays
 from .engine import Learner, build_model, seed_everything, train_batches, train_epoch
 from .logs import log
 from .runs import RunFolder
-from .bench_figures import (loader_verdict, machine_info, markdown, ratios, split_markdown,
-                            summarise)
+from .bench_figures import (loader_verdict, machine_info, markdown, ratios, side_by_side,
+                            split_markdown, summarise)
 from .runtime import Runtime, resolve_precision
 from .transforms import train_transform
 
@@ -254,10 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="BENCHMARKS.md", help="Markdown report")
     p.add_argument("--json", default=None, help="also write the figures as JSON here")
     p.add_argument("--address", default=None, help="join this Ray cluster; default: start one")
-    p.add_argument("--split", default=None, metavar="RUN_DIR",
+    p.add_argument("--split", default=None, nargs="+", metavar="RUN_DIR",
                    help="instead of measuring: where a finished run's time went (training "
                         "steps, evaluation, run files and checkpoints, start-up), from its "
-                        "summary.json")
+                        "summary.json; with several runs, their figures side by side")
     p.add_argument("--only", default=None, metavar="VARIANT[,VARIANT]",
                    help=f"measure only these of {', '.join(VARIANTS)} (default: all but "
                         f"{', '.join(sorted(OPT_IN))})")
@@ -266,9 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    if args.split:
-        summary = RunFolder(args.split).read_json(runs.SUMMARY)
-        print(split_markdown(args.split, summary), end="")  # the command's output: markdown
+    if args.split:  # the command's output is markdown alone
+        summaries = [RunFolder(uri).read_json(runs.SUMMARY) for uri in args.split]
+        print(split_markdown(args.split[0], summaries[0]) if len(summaries) == 1 else
+              side_by_side(args.split, summaries), end="")
         return 0
     started = timeline.process_start()
     if args.repeats < 1:

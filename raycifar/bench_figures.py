@@ -162,3 +162,33 @@ def split_markdown(uri: str, summary: dict) -> str:
              "| part | seconds | share |", "|---|---|---|"]
     lines += [f"| {n} | {s:.1f} | {share} |" for n, s, share in time_split(summary)]
     return "\n".join(lines) + "\n"
+
+
+# (summary.json key, row label, format) of the side-by-side table; a run without a key shows "-"
+PAIRED = (("device_name", "device", "{}"), ("precision", "precision", "{}"),
+          ("final_test_acc", "test accuracy, last epoch", "{:.2%}"),
+          ("train_seconds", "training steps, s", "{:.1f}"),
+          ("images_per_second", "images/s in the steps", "{:,.0f}"),
+          ("eval_seconds", "evaluation, s", "{:.1f}"),
+          ("record_seconds", "run files and checkpoints, s", "{:.1f}"),
+          ("wall_seconds", "first epoch to last checkpoint, s", "{:.1f}"),
+          ("startup.in_all", "command start to first step, s", "{:.1f}"),
+          ("command_seconds", "command, start to finished run folder, s", "{:.1f}"))
+
+
+def _figure(summary: dict, key: str):
+    for part in key.split("."):
+        summary = summary.get(part) if isinstance(summary, dict) else None
+    return summary
+
+
+def side_by_side(uris: list[str], summaries: list[dict]) -> str:
+    """Several finished runs' figures in one table, a column each (the first is usually the
+    earlier run on the same hardware); a figure a run's summary.json lacks shows as -."""
+    lines = ["| figure | " + " | ".join(f"`{u}`" for u in uris) + " |",
+             "|---|" + "---|" * len(uris)]
+    for key, label, fmt in PAIRED:
+        cells = [_figure(s, key) for s in summaries]
+        lines.append(f"| {label} | " + " | ".join("-" if c is None else fmt.format(c)
+                                                  for c in cells) + " |")
+    return "\n".join(lines) + "\n"
