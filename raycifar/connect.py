@@ -91,6 +91,28 @@ def init_ray(address: Optional[str]) -> bool:
     _sigterm_like_ctrl_c()
     return bool(target)
 
+def peek(address: Optional[str]) -> tuple[Optional[str], list[dict]]:
+    """The cluster a run would join (`cluster_to_join`) and its `ray.nodes()`, joined as
+    `init_ray` would and left again; (None, []) where a run would start a local Ray (nothing is
+    started here). For `raycifar.doctor`."""
+    import ray
+
+    target = cluster_to_join(address)
+    if not target:
+        return None, []
+    found_here = not address and not os.environ.get("RAY_ADDRESS")
+    try:
+        ray.init(address="auto" if found_here else target, log_to_driver=False,
+                 logging_level="ERROR")
+    except ConnectionError as e:
+        raise RaycifarError(f"a run would join the Ray cluster at {target}, which does not "
+                            f"answer ({str(e).splitlines()[0]})") from e
+    try:
+        return target, ray.nodes()
+    finally:
+        ray.shutdown()
+
+
 def nodes() -> list[dict]:
     """`ray.nodes()` of the joined cluster (dead nodes linger in it; see cluster.alive_nodes)."""
     import ray

@@ -18,7 +18,6 @@ from typing import Optional
 import torch
 
 from . import __version__, runtime
-from .config import RaycifarError
 
 
 def cpu_model(path: str = "/proc/cpuinfo") -> str:
@@ -58,38 +57,25 @@ def device_lines() -> list[str]:
 
 
 def version_lines() -> list[str]:
-    import ray
+    from importlib.metadata import version
 
     cuda = torch.version.cuda or ("ROCm " + torch.version.hip if torch.version.hip else "none")
     return [f"versions: raycifar {__version__}, Python {platform.python_version()}, torch "
-            f"{torch.__version__} (built for CUDA {cuda}), Ray {ray.__version__}"]
+            f"{torch.__version__} (built for CUDA {cuda}), Ray {version('ray')}"]
 
 
 def cluster_lines(address: Optional[str]) -> list[str]:
-    """The cluster a run would join (connect.cluster_to_join's order) and its alive resources;
-    without one, the local Ray a run would start, from this machine's own counts."""
+    """The cluster a run would join and its alive resources (connect.peek); without one, the
+    local Ray a run would start, from this machine's own counts."""
     from .cluster import describe
-    from .connect import cluster_to_join
+    from .connect import peek
 
-    target = cluster_to_join(address)
-    if not target:
+    target, nodes = peek(address)
+    if target is None:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         return ["ray: no cluster to join (no --address, RAY_ADDRESS or `ray start` cluster on "
                 f"this node): a run starts a local Ray with {os.cpu_count()} CPUs, {gpus} GPUs"]
-    import ray
-
-    found_here = not address and not os.environ.get("RAY_ADDRESS")
-    try:
-        ray.init(address="auto" if found_here else target, log_to_driver=False,
-                 logging_level="ERROR")
-    except ConnectionError as e:
-        raise RaycifarError(f"a run would join the Ray cluster at {target}, which does not "
-                            f"answer ({str(e).splitlines()[0]})") from e
-    try:
-        nodes = ray.nodes()
-        return [f"ray: a run joins the cluster at {target}: {describe(nodes)}"]
-    finally:
-        ray.shutdown()
+    return [f"ray: a run joins the cluster at {target}: {describe(nodes)}"]
 
 
 def main(args: argparse.Namespace) -> int:
