@@ -226,8 +226,9 @@ class RangeTestConfig:
         if not 0 < self.start_lr < self.end_lr:
             p.append(f"start_lr={self.start_lr}, end_lr={self.end_lr}: need 0 < start_lr < "
                      "end_lr; check --start-lr/--end-lr")
-        if self.num_steps < 3:
-            p.append(f"num_steps={self.num_steps} must be >= 3; raise --num-steps")
+        if self.num_steps < 10:  # the readings smooth over a tenth of the sweep
+            p.append(f"num_steps={self.num_steps} is too few for a usable curve: must be >= 10;"
+                     " raise --num-steps")
         for name, value, allowed in (("mode", self.mode, SWEEP_MODES),
                                      ("method", self.method, LRMAX_METHODS),
                                      ("lr_min_rule", self.lr_min_rule, LRMIN_RULES)):

@@ -33,19 +33,21 @@ LRMAX/10 ends too hot for this network (see README).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
-import random
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from .config import LRMAX_METHODS, LRMIN_RULES, RaycifarError, RangeTestConfig
 from .runs import LR_FINDER_COLUMNS, LR_FINDER_CSV, LR_FINDER_JSON
-from .runtime import Runtime
+from .state import rng_state, set_rng_state
+
+if TYPE_CHECKING:
+    from .engine import Learner
 
 DEFAULT_METHOD = RangeTestConfig.method          # the defaults of `train` and `tune` too
 DEFAULT_LR_MIN_RULE = RangeTestConfig.lr_min_rule
@@ -91,16 +93,11 @@ class RangeTestResult:
         log_range_test(run, self.rows())
 
 
-def lr_schedule(start_lr: float, end_lr: float, num_steps: int, mode: str = "exp") -> np.ndarray:
-    if not 0 < start_lr < end_lr:
-        raise RangeTestError(f"start_lr={start_lr} must be > 0 and below end_lr={end_lr}")
-    if num_steps < 10:
-        raise RangeTestError(f"num_steps={num_steps} is too few for a usable curve; use >= 10")
-    if mode == "exp":
-        return np.geomspace(start_lr, end_lr, num_steps)
-    if mode == "linear":
-        return np.linspace(start_lr, end_lr, num_steps)
-    raise RangeTestError(f"mode={mode!r} is not 'exp' or 'linear'")
+def lr_schedule(settings: RangeTestConfig) -> np.ndarray:
+    """The sweep's LR at each step (RangeTestConfig has checked the range and step count)."""
+    if settings.mode == "exp":
+        return np.geomspace(settings.start_lr, settings.end_lr, settings.num_steps)
+    return np.linspace(settings.start_lr, settings.end_lr, settings.num_steps)
 
 
 def ema(losses: Iterable[float], beta: float = 0.98) -> list[float]:
@@ -227,78 +224,86 @@ def suggest_lr_min(lrs, smoothed, lr_max: float, rule: str = "div", div: float =
     raise RangeTestError(f"lr_min rule {rule!r} is not one of {LRMIN_RULES}")
 
 
-def _snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    return {"model": copy.deepcopy(model.state_dict()),
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+class SweepLR:
+    """The sweep's LRs in One Cycle's place: the scheduler a `Learner` steps after each
+    optimizer step, setting the next step's LR."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lrs: np.ndarray):
+        self.optimizer, self.lrs, self.done = optimizer, [float(lr) for lr in lrs], 0
+        self._set(self.lrs[0])
+
+    def _set(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self) -> None:
+        self.done += 1
+        if self.done < len(self.lrs):
+            self._set(self.lrs[self.done])
 
 
-def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, s: dict) -> None:
-    model.load_state_dict(s["model"])
-    optimizer.load_state_dict(s["optimizer"])
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if s["cuda"] is not None:
-        torch.cuda.set_rng_state_all(s["cuda"])
+def _snapshot(learner: "Learner") -> dict:
+    return {"model": copy.deepcopy(learner.model.state_dict()),
+            "optimizer": copy.deepcopy(learner.optimizer.state_dict()),
+            "scaler": learner.scaler.state_dict(), "rng": rng_state(cuda=True)}
 
 
-def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable,
-               loss_fn: Callable, *, start_lr: float = 1e-4, end_lr: float = 10.0,
-               num_steps: int = 100, mode: str = "exp", beta: float = 0.98,
-               diverge_factor: float = 4.0, method: str = DEFAULT_METHOD,
-               lr_min_rule: str = DEFAULT_LR_MIN_RULE, lr_min_div: float = 10.0,
-               skip_start: Optional[int] = None, skip_end: Optional[int] = None,
-               curve_beta: Optional[float] = None, rt: Optional[Runtime] = None,
+def _restore(learner: "Learner", s: dict) -> None:
+    learner.model.load_state_dict(s["model"])
+    learner.optimizer.load_state_dict(s["optimizer"])
+    if s["scaler"]:
+        learner.scaler.load_state_dict(s["scaler"])
+    set_rng_state(s["rng"])
+
+
+def range_test(learner: "Learner", loader: Iterable,
+               settings: RangeTestConfig = RangeTestConfig(), *, beta: float = 0.98,
+               diverge_factor: float = 4.0, skip_start: Optional[int] = None,
+               skip_end: Optional[int] = None,
                on_step: Optional[Callable[[int, float, float, float], None]] = None
                ) -> RangeTestResult:
-    """Run the sweep (cycling `loader` as needed), restore all state, return the curve."""
-    if method not in LRMAX_METHODS:
-        raise RangeTestError(f"method={method!r} is not one of {LRMAX_METHODS}")
-    rt = rt or Runtime(torch.device("cpu"))
-    schedule = lr_schedule(start_lr, end_lr, num_steps, mode)
-    saved = _snapshot(model, optimizer)
-    scaler = rt.scaler()
+    """Sweep the LR through the training's own step (`learner.step`, with the sweep's LRs in
+    place of its One Cycle; `loader` cycled as needed), restore the model, optimizer, loss
+    scaler and RNGs, and read LRMAX/LRMIN off the curve as `settings` says.
+
+    `beta` smooths the loss for the online divergence stop (at `diverge_factor` x the best
+    smoothed loss); `skip_start`/`skip_end` leave points out of the reading; `on_step(i, lr,
+    loss, smoothed)` sees every step (the Tune trial reports them).
+    """
+    schedule = lr_schedule(settings)
+    saved = _snapshot(learner)
+    sweep = dataclasses.replace(learner, scheduler=SweepLR(learner.optimizer, schedule))
     lrs, losses, smoothed = [], [], []
     best, stopped = math.inf, False
     batches = _cycle(loader)
     try:
-        for i, lr in enumerate(schedule):
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr)
-            model.train()
-            x, y = rt.batch(*next(batches))
-            with rt.autocast():
-                loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            value = loss.item()
+        for i, lr in enumerate(sweep.scheduler.lrs):
+            sweep.model.train()
+            x, y = sweep.rt.batch(*next(batches))
+            value = sweep.step(x, y)[0].item()  # every step's loss goes to Tune anyway
             if not math.isfinite(value):
                 if i == 0:
                     raise RangeTestError(f"the loss is {value} from the first step (lr {lr:.3g});"
                                          " check the data and model, or lower start_lr")
                 stopped = True
                 break
-            lrs.append(float(lr))
+            lrs.append(lr)
             losses.append(value)
             smoothed = ema(losses, beta)
             if on_step is not None:
-                on_step(i, float(lr), value, smoothed[-1])
+                on_step(i, lr, value, smoothed[-1])
             best = min(best, smoothed[-1])
             if smoothed[-1] > diverge_factor * best:
                 stopped = True
                 break
     finally:
-        _restore(model, optimizer, saved)
-    settings = {"start_lr": start_lr, "end_lr": end_lr, "num_steps": num_steps, "mode": mode,
-                "diverge_factor": diverge_factor}
-    return reread(lrs, losses, method=method, lr_min_rule=lr_min_rule, lr_min_div=lr_min_div,
-                  beta=beta, curve_beta=curve_beta, skip_start=skip_start, skip_end=skip_end,
-                  stopped_early=stopped, settings=settings)
+        _restore(learner, saved)
+    settings_used = {"start_lr": settings.start_lr, "end_lr": settings.end_lr,
+                     "num_steps": settings.num_steps, "mode": settings.mode,
+                     "diverge_factor": diverge_factor}
+    return reread(lrs, losses, method=settings.method, lr_min_rule=settings.lr_min_rule,
+                  lr_min_div=settings.lr_min_div, beta=beta, skip_start=skip_start,
+                  skip_end=skip_end, stopped_early=stopped, settings=settings_used)
 
 
 def reread(lrs: list[float], losses: list[float], *, method: str = DEFAULT_METHOD,

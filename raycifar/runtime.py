@@ -31,7 +31,7 @@ def cpu_auto_precision(flags: Optional[frozenset[str]]) -> tuple[str, str]:
     AVX-512 CPU (and torch.ops.mkldnn._is_mkldnn_bf16_supported() says True there), but without
     AVX512_BF16 or AMX it emulates it: on a 2-core Xeon with avx512f/bw/vnni and neither, this
     model's forward+backward+step at batch 128 ran at 27.7/30.0 images/s in bf16 autocast against
-    77.0/70.3 in fp32 (2.5x slower, issue 23); on an AVX2-only EPYC, 2.5 against 42 (~20x).
+    77.0/70.3 in fp32 (2.5x slower); on an AVX2-only EPYC, 2.5 against 42 (~20x).
     With AMX (a 2-vCPU Sapphire Rapids-class Xeon, batch 64) bf16 ran 2.8x faster: 352 vs 126.
     Flags that cannot be read (no /proc/cpuinfo: macOS, Windows) give fp32, the safe choice.
     """

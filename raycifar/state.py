@@ -27,15 +27,23 @@ class CheckpointError(RaycifarError):
     """The checkpoint a run would resume from is unreadable or belongs to another run."""
 
 
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate()}
+def rng_state(cuda: bool = False) -> dict:
+    """The global RNGs: torch's CPU generator, numpy's and Python's; with `cuda`, every GPU's
+    too (the range test restores them in the same process; a checkpoint leaves them out, as a
+    resumed run may have other GPUs)."""
+    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+         "python": random.getstate()}
+    if cuda and torch.cuda.is_available() and torch.cuda.is_initialized():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
 
 
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"].cpu())  # a checkpoint read onto a GPU has it there
     np.random.set_state(s["numpy"])
     random.setstate(s["python"])
+    if "cuda" in s:
+        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 @dataclass

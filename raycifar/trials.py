@@ -22,12 +22,11 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import runs, timeline
 from .config import RaycifarError, RangeTestConfig, SearchConfig, TrainConfig
 from .data import TrainingData, load_arrays
-from .engine import build_model, make_optimizer, one_cycle, train_batches
+from .engine import Learner, build_model, one_cycle, train_batches
 from .lr_finder import RangeTestError, range_test
 from .runs import RunFolder
 from .runtime import Runtime
@@ -65,17 +64,17 @@ def range_test_trainable(config: dict, data=None) -> None:
     # fed as the training will be: with --augment gpu from the images held on the trial's
     # device (a loader on the trial's CPUs would set a GPU's pace), else albumentations
     loader = train_batches(cfg, data, rt, drop_last=True)
-    model = build_model(cfg, len(data.arrays.classes), rt)
+    # the training's own learner (optimizer, loss scaler, loss, step); the sweep's LRs take
+    # its One Cycle's place
+    learner = Learner.build(cfg, build_model(cfg, len(data.arrays.classes), rt), len(loader), rt)
     about = {"batch_size": cfg.batch_size, "train_images": len(data.arrays.y_train),
              "seed": cfg.seed}
     swept = time.time()
     try:
         result = range_test(
-            model, make_optimizer(cfg, model, rt), loader,
-            nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), rt=rt,
+            learner, loader, settings,
             on_step=lambda i, lr, loss, sm: tune.report(                    # Ray: to Tune
-                {"step": i, "lr": lr, "loss": loss, "smoothed_loss": sm}),
-            **settings.to_dict())
+                {"step": i, "lr": lr, "loss": loss, "smoothed_loss": sm}))
     except RangeTestError as e:
         if e.sweep is None:  # nothing was swept: a bad setting, or NaN from the first step
             raise

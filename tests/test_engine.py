@@ -76,7 +76,7 @@ def test_nan_loss_stops_with_epoch_step_and_lr():
 
 
 def test_auto_precision_on_this_cpu_follows_its_flags_not_the_mkldnn_check():
-    # The mkldnn check says True on AVX-512 CPUs that only emulate bf16 (issue 23); every kind
+    # The mkldnn check says True on AVX-512 CPUs that only emulate bf16; every kind
     # of CPU is pinned in test_precision.py, this checks the real reading on this machine.
     from raycifar.runtime import NATIVE_BF16_FLAGS, cpu_flags
 

@@ -20,20 +20,23 @@ def synthetic_curve(n=200, lo=1e-4, hi=10.0, knee=0.1, noise=0.0, seed=0):
 
 
 def test_sweeps_are_exponential_or_linear():
-    e = lr_schedule(1e-3, 1.0, 10)
+    e = lr_schedule(sweep(1e-3, 1.0, 10))
     assert e[0] == pytest.approx(1e-3) and e[-1] == pytest.approx(1.0)
     assert e[1] / e[0] == pytest.approx(e[2] / e[1])
-    lin = lr_schedule(0.1, 1.0, 10, "linear")
+    lin = lr_schedule(sweep(0.1, 1.0, 10, mode="linear"))
     assert np.diff(lin) == pytest.approx(np.full(9, 0.1))
 
 
 @pytest.mark.parametrize("args, message", [
-    ((1.0, 0.1, 100), "must be > 0 and below end_lr"),
-    ((1e-4, 1.0, 5), "num_steps=5 is too few"),
+    ((1.0, 0.1, 100), "need 0 < start_lr < end_lr"),
+    ((1e-4, 1.0, 5), "num_steps=5 is too few for a usable curve: must be >= 10"),
 ])
-def test_bad_sweeps(args, message):
-    with pytest.raises(RangeTestError, match=message):
-        lr_schedule(*args)
+def test_bad_sweeps_fail_when_their_settings_are_built(args, message):
+    """On the driver, before Ray starts: one place checks a sweep (RangeTestConfig)."""
+    from raycifar.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        sweep(*args)
 
 
 def test_ema_is_bias_corrected():
@@ -143,6 +146,22 @@ def problem():
     return model, opt, loader
 
 
+def learner(model, opt, loss_fn=None):
+    """What the training steps with, its One Cycle a constant LR here (the sweep replaces it)."""
+    from raycifar.engine import Learner
+    from raycifar.runtime import Runtime
+
+    rt = Runtime(torch.device("cpu"))
+    return Learner(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
+                   rt.scaler(), loss_fn or nn.CrossEntropyLoss(), rt)
+
+
+def sweep(start_lr=1e-4, end_lr=10.0, num_steps=100, **more):
+    from raycifar.config import RangeTestConfig
+
+    return RangeTestConfig(start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, **more)
+
+
 def test_range_test_restores_model_optimizer_and_rng_bit_for_bit():
     model, opt, loader = problem()
     opt.zero_grad()
@@ -151,8 +170,7 @@ def test_range_test_restores_model_optimizer_and_rng_bit_for_bit():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt_before = {k: v["momentum_buffer"].clone() for k, v in opt.state_dict()["state"].items()}
     rng_before = torch.get_rng_state()
-    res = range_test(model, opt, loader, nn.CrossEntropyLoss(), start_lr=1e-3, end_lr=10,
-                     num_steps=60)
+    res = range_test(learner(model, opt), loader, sweep(1e-3, 10, 60))
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     for k, v in opt.state_dict()["state"].items():
@@ -185,23 +203,23 @@ def test_a_sweep_longer_than_the_data_starts_each_pass_on_a_new_epoch():
 
 def test_range_test_stops_on_divergence():
     model, opt, loader = problem()
-    res = range_test(model, opt, loader, nn.CrossEntropyLoss(), start_lr=1e-2, end_lr=1e4,
-                     num_steps=100)
+    res = range_test(learner(model, opt), loader, sweep(1e-2, 1e4, 100))
     assert res.stopped_early and len(res.lrs) < 100
 
 
 def test_nan_from_the_first_step_is_a_clear_error():
     model, opt, loader = problem()
     with pytest.raises(RangeTestError, match="from the first step"):
-        range_test(model, opt, loader, lambda out, y: out.sum() * math.nan, num_steps=20)
+        range_test(learner(model, opt, lambda out, y: out.sum() * math.nan), loader,
+                   sweep(num_steps=20))
 
 
 def test_results_written_to_run_folder(tmp_path):
     from raycifar.runs import RunFolder
 
     model, opt, loader = problem()
-    res = range_test(model, opt, loader, nn.CrossEntropyLoss(), start_lr=1e-3, end_lr=10,
-                     num_steps=30, skip_start=3, skip_end=2)
+    res = range_test(learner(model, opt), loader, sweep(1e-3, 10, 30), skip_start=3,
+                     skip_end=2)
     run = RunFolder(str(tmp_path / "run"))
     res.save(run)
     rows = run.read_csv("lr_finder.csv", ["lr", "loss", "smoothed_loss"])
@@ -246,3 +264,27 @@ def test_a_sweep_that_cannot_be_read_travels_with_its_error():
     with pytest.raises(RangeTestError) as bad_setting:
         reread(lrs, flat, method="guess")
     assert bad_setting.value.sweep is None  # nothing was read: nothing to keep
+
+
+def test_the_sweep_steps_through_the_trainings_own_step(monkeypatch):
+    """One step for both: whatever Learner.step does (clipping, a scaler, CUDA-graph marks)
+    the range test does too, at the sweep's LR of each step; the learner's own One Cycle is
+    left as it was."""
+    from raycifar.engine import Learner
+    from raycifar.lr_finder import lr_schedule
+
+    seen = []
+    step = Learner.step
+
+    def counted(self, x, y):
+        seen.append(self.optimizer.param_groups[0]["lr"])
+        return step(self, x, y)
+
+    monkeypatch.setattr(Learner, "step", counted)
+    model, opt, loader = problem()
+    trained = learner(model, opt)
+    settings = sweep(1e-3, 1.0, 12)
+    res = range_test(trained, loader, settings)
+    assert seen == pytest.approx(list(lr_schedule(settings)[:len(seen)]))
+    assert not res.stopped_early and len(seen) == len(res.lrs) == 12  # a point per step
+    assert trained.scheduler.last_epoch == 0 and opt.param_groups[0]["lr"] == 0.01

@@ -1,4 +1,4 @@
-"""`--precision auto`: bf16 only where the hardware does it natively (issue 23).
+"""`--precision auto`: bf16 only where the hardware does it natively, and on GPUs by compute capability.
 
 The rule is a pure function of the CPU's feature flags, so every kind of CPU is pinned here
 whatever machine runs the tests; the flag reader is tested on written cpuinfo files.
