@@ -8,8 +8,10 @@ so a run on a cluster can write to a bucket and the report can read from it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -32,8 +34,25 @@ LR_SEARCH = "lr_search.csv"       # the LRMAX search's candidates
 BEST = "best.json"                # the search's pick
 DIVERGED = "diverged.json"        # a divergence, so that Ray's restarts stop at once
 
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
-                  "test_acc_plain", "epoch_seconds", "images_per_second"]
+@dataclass(frozen=True)
+class EpochRow:
+    """One epoch's figures: a row of metrics.csv, and what every rank reports to Ray Train
+    (which hands it to Tune: the search ranks and tabulates trials by its fields)."""
+
+    epoch: int
+    lr: float                   # the LR of the epoch's last step
+    train_loss: float
+    train_acc: float
+    test_loss: float            # on the test set, or the held-out images of --validation
+    test_acc: float             # with flip TTA when the run has it
+    test_acc_plain: float       # without TTA
+    epoch_seconds: float        # the training steps only
+    images_per_second: float    # every rank's images per second of steps
+
+
+METRIC_COLUMNS = [f.name for f in dataclasses.fields(EpochRow)]
+# The row's fields a search reads back from Tune (ASHA's metric, the search table)
+RANK_BY, TABULATE = "test_loss", "test_acc"
 STEP_COLUMNS = ["step", "epoch", "lr", "momentum"]
 LR_FINDER_COLUMNS = ["step", "lr", "loss", "smoothed_loss", "curve"]
 LR_SEARCH_COLUMNS = ["lr_max", "lr_min", "epochs_run", "held_out_acc", "held_out_loss"]

@@ -229,11 +229,12 @@ def record(w: Worker, learner: Learner, done: Progress, epoch: int, result: Epoc
     import ray.train
 
     start = time.perf_counter()
-    row = {"epoch": epoch, "lr": result.steps[-1].lr, "train_loss": result.loss,
-           "train_acc": result.accuracy, "test_loss": ev["loss"], "test_acc": ev["accuracy"],
-           "test_acc_plain": ev["accuracy_plain"], "epoch_seconds": result.seconds,
-           # every rank saw the same number of images in about the same time
-           "images_per_second": result.images / result.seconds}
+    row = asdict(runs.EpochRow(
+        epoch=epoch, lr=result.steps[-1].lr, train_loss=result.loss, train_acc=result.accuracy,
+        test_loss=ev["loss"], test_acc=ev["accuracy"], test_acc_plain=ev["accuracy_plain"],
+        epoch_seconds=result.seconds,
+        # every rank saw the same number of images in about the same time
+        images_per_second=result.images / result.seconds))
     done = Progress(epoch, done.history + [row], done.steps + [asdict(s) for s in result.steps],
                     done.train_seconds + result.seconds, done.eval_seconds + ev["seconds"],
                     done.record_seconds)

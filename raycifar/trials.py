@@ -205,7 +205,7 @@ def search(cfg: TrainConfig, center: float, settings: SearchConfig = SearchConfi
         tune_config=tune.TuneConfig(
             # ASHA ranks by held-out loss: continuous, so no ties on a small held-out set; the
             # winner is then picked by held-out accuracy among the runs that went the distance.
-            metric="test_loss", mode="min", max_concurrent_trials=slots,
+            metric=runs.RANK_BY, mode="min", max_concurrent_trials=slots,
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=plan.short.epochs,
                                     grace_period=plan.grace, reduction_factor=2)),
         run_config=tune.RunConfig(name=f"{cfg.name}-lr-search", storage_path=cfg.storage_path,
@@ -230,8 +230,9 @@ def _search_row(result) -> dict:
     lr_max, lr_min = result.config["candidate"]
     return {"lr_max": lr_max, "lr_min": lr_min,
             "epochs_run": m.get("training_iteration", 0),
-            "held_out_acc": m.get("test_acc", float("nan")),
-            "held_out_loss": m.get("test_loss", float("nan"))}
+            # a trial that failed before its first epoch reported nothing
+            "held_out_acc": m.get(runs.TABULATE, float("nan")),
+            "held_out_loss": m.get(runs.RANK_BY, float("nan"))}
 
 
 def seed_trainable(config: dict, data=None) -> None:

@@ -59,3 +59,10 @@ def test_modules_and_the_worker_loop_stay_short():
     loop = next(n for n in ast.walk(parsed()["trainer"])
                 if isinstance(n, ast.FunctionDef) and n.name == "train_loop_per_worker")
     assert loop.end_lineno - loop.lineno + 1 < 40
+
+
+def test_the_search_reads_back_fields_of_the_epoch_row():
+    """ASHA ranks by, and the search table reads, names the workers' rows really have."""
+    from raycifar import runs
+
+    assert {runs.RANK_BY, runs.TABULATE} <= set(runs.METRIC_COLUMNS)

@@ -75,3 +75,4 @@ def test_the_device_batches_path_trains_under_ddp(tmp_path, ray_cluster):
     assert run.read_json("config.json")["steps_per_epoch"] == 5  # 36 per rank, batches of 8
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     assert summary["epochs"] == 2 and summary["test_images"] == 24
+
