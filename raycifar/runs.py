@@ -12,7 +12,7 @@ import dataclasses
 import io
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -168,3 +168,33 @@ def check_writable(storage_path: str) -> None:
             f"cannot write to --storage-path {storage_path} ({reason}); pass a folder you can "
             "write to, or a bucket (s3://, gs://) that this machine and every node can reach "
             "with credentials") from e
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def git_commit() -> Optional[str]:
+    """The checkout's commit, where the package runs from a git checkout."""
+    import os
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_meta(found=None, command: Optional[list[str]] = None) -> dict:
+    """What config.json keeps beside the config about where a run came from: the package
+    version and git commit, the command line (default: this process's), and, when the LRs were
+    chosen, where from (a `config.Finding`)."""
+    import sys
+
+    from . import __version__
+
+    meta = {"version": __version__, "git_commit": git_commit(),
+            "command": " ".join(sys.argv if command is None else command)}
+    if found is not None:
+        meta["lr_source"] = found.to_dict()
+    return meta

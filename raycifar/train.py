@@ -8,11 +8,10 @@ cluster's room, the checkpoint a re-run resumes from. Training itself is `traine
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Optional
 
-from . import __version__, runs, timeline
+from . import runs, timeline
 from .cli import add_config_arguments, add_debug_flag, config_from_args, run_cli
 from .config import TrainConfig
 from .connect import join_cluster
@@ -21,7 +20,7 @@ from .logs import log
 from .lrs import add_lr_arguments, check_lr_args, choose_lrs
 from .resume import check_resumable, latest_checkpoint
 from .runs import RunFolder
-from .trainer import driver_data, fit, git_commit
+from .trainer import driver_data, fit
 
 GPU_FEEDING_LOADERS = 16  # ~70,000 / ~5,000 images/s on the H200 machine, rounded up
 
@@ -49,8 +48,7 @@ def main(args: argparse.Namespace) -> int:
     hint = loader_hint(cfg, use_gpu)
     if hint:
         log.info(f"note: {hint}")
-    meta = {"version": __version__, "git_commit": git_commit(), "command": " ".join(sys.argv),
-            "lr_source": found.to_dict()}
+    meta = runs.run_meta(found)
     summary = fit_or_keep(cfg, use_gpu, meta, data, num_classes)
     if "stopped_after_epoch" in summary:
         log.info(f"stopped after epoch {summary['stopped_after_epoch']}; run the same command "

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import __version__, runs, timeline
+from . import runs, timeline
 from .config import TrainConfig
 from .data import TrainingData, check_hold_out, load_arrays
 from .engine import (DivergenceError, EpochResult, Learner, build_model, evaluate, one_cycle,
@@ -340,17 +340,6 @@ def driver_data(cfg: TrainConfig, holdout: Optional[int] = None) -> tuple[Traini
     return TrainingData.of(arrays), steps
 
 
-def git_commit() -> Optional[str]:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__),
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
         callbacks: Optional[list] = None, data=None):
     """Build the TorchTrainer for `cfg` and run it; returns Ray's Result.
@@ -366,7 +355,7 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
     from .cluster import check_gpu_sharing, user_error
 
     check_gpu_sharing(cfg, use_gpu)  # the drivers check first; bench and API calls come here
-    meta = meta or {"version": __version__, "git_commit": git_commit()}
+    meta = meta or runs.run_meta()
     if data is None:
         data = TrainingData.of(load_arrays(cfg))
     if cfg.num_workers > 0 and not isinstance(data, ray.ObjectRef):

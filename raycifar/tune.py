@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-import sys
 
-from . import __version__, runs
+from . import runs
 from .cli import add_config_arguments, add_debug_flag, config_from_args, run_cli
 from .cluster import check_placement
 from .config import RaycifarError
@@ -27,7 +26,7 @@ from .lrs import (add_lr_arguments, check_lr_args, choose_lrs, matching_finding,
                   range_test_config, search_config)
 from .runs import RunFolder, check_writable
 from .seeds import describe as describe_seeds
-from .trainer import driver_data, git_commit
+from .trainer import driver_data
 from .trials import lr_find, search, seeds
 
 
@@ -80,8 +79,7 @@ def run_seeds(args: argparse.Namespace) -> int:
     cfg, found = choose_lrs(cfg, args, use_gpu, folder.exists(runs.CONFIG), data)
     log.info(f"LRMAX {cfg.lr_max:.4g}, LRMIN {cfg.lr_min:.4g} from {found.describe()}, shared "
              f"by {args.seeds} seeds from {cfg.seed}")
-    meta = {"version": __version__, "git_commit": git_commit(), "command": " ".join(sys.argv),
-            "lr_source": found.to_dict()}
+    meta = runs.run_meta(found)
     folder.write_json(runs.CONFIG, {"config": cfg.to_dict(), **meta, "seeds": args.seeds})
     summary = seeds(cfg, args.seeds, use_gpu, data, meta, args.max_concurrent)
     log.info(f"{describe_seeds(summary)}; {cfg.run_dir}/seeds.json")

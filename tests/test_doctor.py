@@ -63,7 +63,7 @@ def test_doctor_runs_in_seconds_without_a_cluster(tmp_path):
     assert done.returncode == 0, done.stderr
     out = done.stdout.splitlines()
     assert out[0].startswith("cpu: ") and out[1].startswith("  precision auto -> ")
-    assert any(line.startswith(f"versions: raycifar ") and f"torch {torch.__version__}" in line
+    assert any(line.startswith("versions: raycifar ") and f"torch {torch.__version__}" in line
                for line in out)
     assert out[-1].startswith("ray: no cluster to join")
     assert seconds < 15, seconds  # imports only: ~3 s on a 2-core machine
