@@ -206,6 +206,8 @@ def _validate(c: TrainConfig) -> list[str]:
 LRMAX_METHODS = ("steepest", "valley", "minimum")
 LRMIN_RULES = ("div", "onset")
 SWEEP_MODES = ("exp", "linear")
+SEARCH_LENGTHS = ("short", "full")
+LR_MODES = ("auto", "manual")
 
 
 @dataclass(frozen=True)
@@ -266,11 +268,34 @@ class SearchConfig:
                      "LR can rise to the peak and fall after it")
         if self.holdout < 1:
             p.append(f"holdout={self.holdout} must be >= 1; raise --holdout")
-        if self.length not in (None, "short", "full"):
-            p.append(f"length={self.length!r} is not one of ('short', 'full')")
+        if self.length not in (None, *SEARCH_LENGTHS):
+            p.append(f"length={self.length!r} is not one of {SEARCH_LENGTHS}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             p.append(f"--max-concurrent {self.max_concurrent} must be >= 1 (leave it out to "
                      "run as many trials as the cluster can place)")
+        if p:
+            raise ConfigError(p)
+
+
+@dataclass(frozen=True)
+class LRChoice:
+    """How a run gets LRMAX and LRMIN, as the command line asked: found (`auto`: the range
+    test, then the ASHA search when `search` is set), typed in (`manual`: the config's own
+    lr_max/lr_min), or taken from an earlier run folder (`lr_from`). Built once from the flags
+    (lrs.lr_choice) and passed down; a resumed run keeps the LRs it started with."""
+
+    mode: str = "auto"                    # LR_MODES
+    lr_from: Optional[str] = None         # an earlier run folder whose finding to reuse
+    range_test: RangeTestConfig = RangeTestConfig()
+    search: Optional[SearchConfig] = None  # None: no search after the range test
+
+    def __post_init__(self) -> None:
+        p = []
+        if self.mode not in LR_MODES:
+            p.append(f"mode={self.mode!r} is not one of {LR_MODES}")
+        if self.search is not None and (self.mode != "auto" or self.lr_from):
+            p.append("--lr-search refines LRs it finds: drop --lr-max/--lr-min, --lr manual "
+                     "and --lr-from, or add --lr auto")
         if p:
             raise ConfigError(p)
 

@@ -27,7 +27,7 @@ spikes and the blow-up):
 LRMIN by a rule: ``onset`` (the default: the LR where the curve first falls `onset_drop` (2%)
 below its starting value, Smith's base LR, at most LRMAX/2) or ``div`` (LRMAX / `lr_min_div`).
 With no annihilation the One Cycle ends at LRMIN, so LRMIN is also the LR training ends at;
-LRMAX/10 ends too hot for this network (see README).
+LRMAX/10 ends too hot for this network (docs/finding-lrs.md).
 """
 
 from __future__ import annotations

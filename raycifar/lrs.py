@@ -13,7 +13,8 @@ from typing import Optional
 
 from . import runs, trials
 from .cli import given
-from .config import ConfigError, Finding, RangeTestConfig, SearchConfig, TrainConfig
+from .config import (LR_MODES, SEARCH_LENGTHS, SWEEP_MODES, Finding, LRChoice,
+                     RangeTestConfig, SearchConfig, TrainConfig)
 from .connect import init_ray
 from .data import TrainingData, load_arrays
 from .logs import log
@@ -28,7 +29,7 @@ def add_lr_arguments(parser: argparse.ArgumentParser, search_flag: bool = True,
     d, s = RangeTestConfig(), SearchConfig()
     group = parser.add_argument_group("finding LRMAX and LRMIN")
     if choice_flags:
-        group.add_argument("--lr", choices=["auto", "manual"], default=None,
+        group.add_argument("--lr", choices=LR_MODES, default=None,
                            help="auto: run the LR range test first and train with the "
                                 "LRMAX/LRMIN it finds; manual: train with --lr-max/--lr-min "
                                 "(default: auto, unless --lr-max or --lr-min is given)")
@@ -40,7 +41,7 @@ def add_lr_arguments(parser: argparse.ArgumentParser, search_flag: bool = True,
                        help="range test: last LR of the sweep")
     group.add_argument("--num-steps", type=int, default=d.num_steps,
                        help="range test: batches in the sweep")
-    group.add_argument("--sweep", choices=["exp", "linear"], default=d.mode,
+    group.add_argument("--sweep", choices=SWEEP_MODES, default=d.mode,
                        help="range test: how the LR rises")
     group.add_argument("--method", choices=LRMAX_METHODS, default=d.method,
                        help="how LRMAX is read off the range test's curve: minimum = where "
@@ -59,7 +60,7 @@ def add_lr_arguments(parser: argparse.ArgumentParser, search_flag: bool = True,
                        help="search: epochs per candidate")
     group.add_argument("--holdout", type=int, default=s.holdout,
                        help="search: training images held out to rank the candidates")
-    group.add_argument("--search-length", choices=["short", "full"], default=None,
+    group.add_argument("--search-length", choices=SEARCH_LENGTHS, default=None,
                        help="search: short = --search-epochs of One Cycle per candidate, judged "
                             "after one epoch; full = the run's own cycle with the found LRMIN, "
                             "judged from halfway (default: full on GPUs, short on CPUs)")
@@ -70,13 +71,15 @@ def add_lr_arguments(parser: argparse.ArgumentParser, search_flag: bool = True,
 
 
 def range_test_config(args: argparse.Namespace) -> RangeTestConfig:
-    return RangeTestConfig(args.start_lr, args.end_lr, args.num_steps, args.sweep, args.method,
-                           args.lr_min_rule, args.lr_min_div)
+    return RangeTestConfig(start_lr=args.start_lr, end_lr=args.end_lr,
+                           num_steps=args.num_steps, mode=args.sweep, method=args.method,
+                           lr_min_rule=args.lr_min_rule, lr_min_div=args.lr_min_div)
 
 
 def search_config(args: argparse.Namespace) -> SearchConfig:
-    return SearchConfig(args.candidates, args.search_epochs, args.holdout, args.max_concurrent,
-                        args.search_length)
+    return SearchConfig(candidates=args.candidates, epochs=args.search_epochs,
+                        holdout=args.holdout, max_concurrent=args.max_concurrent,
+                        length=args.search_length)
 
 
 def lr_mode(args: argparse.Namespace) -> str:
@@ -86,53 +89,53 @@ def lr_mode(args: argparse.Namespace) -> str:
     return "manual" if given(args) & {"lr_max", "lr_min"} else "auto"
 
 
-def check_lr_args(args: argparse.Namespace) -> None:
-    """Flags that cannot go together, found before anything runs."""
-    if args.lr_search:
-        search_config(args)
-        if lr_mode(args) != "auto" or args.lr_from:
-            raise ConfigError(["--lr-search refines LRs it finds: drop --lr-max/--lr-min, "
-                               "--lr manual and --lr-from, or add --lr auto"])
+def lr_choice(args: argparse.Namespace) -> LRChoice:
+    """The LR flags of `raycifar.train` or `raycifar.tune seeds` as one checked choice, built
+    before anything runs (flags that cannot go together fail here)."""
+    searching = getattr(args, "lr_search", False)
+    return LRChoice(mode=lr_mode(args), lr_from=getattr(args, "lr_from", None),
+                    range_test=range_test_config(args),
+                    search=search_config(args) if searching else None)
 
 
-def choose_lrs(cfg: TrainConfig, args: argparse.Namespace, use_gpu: bool, resuming: bool,
-               data: Optional[TrainingData] = None) -> tuple[TrainConfig, Finding]:
-    """`cfg` with the LRs chosen, and how they were (on `data`, the driver's, when given)."""
-    mode = lr_mode(args)
-    if args.lr_from:
-        found = load_finding(args.lr_from)
-    elif mode == "auto" and resuming:  # the LRs this run started with, however found
+def choose_lrs(cfg: TrainConfig, choice: LRChoice, use_gpu: bool, resuming: bool,
+               data: Optional[TrainingData] = None,
+               address: Optional[str] = None) -> tuple[TrainConfig, Finding]:
+    """`cfg` with the LRs chosen, and how they were (on `data`, the driver's, when given; a
+    Tune run joins the cluster at `address` as init_ray does)."""
+    if choice.lr_from:
+        found = load_finding(choice.lr_from)
+    elif choice.mode == "auto" and resuming:  # the LRs this run started with, however found
         meta = RunFolder(cfg.run_dir).read_json(runs.CONFIG)
         before = meta.get("lr_source") or {}
         found = Finding(meta["config"]["lr_max"], meta["config"]["lr_min"], "resumed",
                         f"{cfg.run_dir}/{runs.CONFIG}",
                         found_by=before.get("source", "its flags"))
-    elif mode == "auto":
-        found = find(cfg, args, use_gpu, data or TrainingData.of(load_arrays(cfg)))
+    elif choice.mode == "auto":
+        found = find(cfg, choice, use_gpu, data or TrainingData.of(load_arrays(cfg)), address)
     else:
         found = Finding(cfg.lr_max, cfg.lr_min, "flags")
     return cfg.replace(lr_max=found.lr_max, lr_min=found.lr_min), found
 
 
-def find(cfg: TrainConfig, args: argparse.Namespace, use_gpu: bool,
-         data: TrainingData) -> Finding:
+def find(cfg: TrainConfig, choice: LRChoice, use_gpu: bool, data: TrainingData,
+         address: Optional[str] = None) -> Finding:
     """The range test's finding (a kept sweep read again, or a new Tune run), then the
-    search's when `--lr-search`. The Tune runs join (or start) Ray if nothing has yet: an
-    in-process training (`--num-workers 0`) still runs its range test as a Tune run."""
-    settings = range_test_config(args)
-    reading = matching_finding(cfg, settings, len(data.arrays.y_train))
+    search's when the choice has one. The Tune runs join (or start) Ray if nothing has yet:
+    an in-process training (`--num-workers 0`) still runs its range test as a Tune run."""
+    reading = matching_finding(cfg, choice.range_test, len(data.arrays.y_train))
     if reading is not None:  # e.g. `tune lr-find` ran first, or training never started
         log.info(f"{cfg.run_dir}/{runs.LR_FINDER_JSON} holds a range test with these settings "
                  "on this data: using it instead of running it again")
     else:
-        init_ray(getattr(args, "address", None))
-        reading = trials.lr_find(cfg, settings, use_gpu=use_gpu, data=data)
+        init_ray(address)
+        reading = trials.lr_find(cfg, choice.range_test, use_gpu=use_gpu, data=data)
     found = Finding(reading["lr_max"], reading["lr_min"], "range-test",
                     f"{cfg.run_dir}/{runs.LR_FINDER_JSON}", reading["method"])
-    if not getattr(args, "lr_search", False):
+    if choice.search is None:
         return found
-    init_ray(getattr(args, "address", None))
-    best = trials.search(cfg, found.lr_max, search_config(args), lr_min=found.lr_min,
+    init_ray(address)
+    best = trials.search(cfg, found.lr_max, choice.search, lr_min=found.lr_min,
                          use_gpu=use_gpu, data=data)
     return Finding(best["lr_max"], best["lr_min"], "search", f"{cfg.run_dir}/{runs.BEST}",
                    best["method"])

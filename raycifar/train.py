@@ -17,7 +17,7 @@ from .config import TrainConfig
 from .connect import join_cluster
 from .data import TrainingData
 from .logs import log
-from .lrs import add_lr_arguments, check_lr_args, choose_lrs
+from .lrs import add_lr_arguments, choose_lrs, lr_choice
 from .resume import check_resumable, latest_checkpoint
 from .runs import RunFolder
 from .trainer import driver_data, fit
@@ -28,15 +28,16 @@ GPU_FEEDING_LOADERS = 16  # ~70,000 / ~5,000 images/s on the H200 machine, round
 def main(args: argparse.Namespace) -> int:
     timeline.start()
     cfg = config_from_args(args)
-    check_lr_args(args)
-    data, total_steps = driver_data(cfg, args.holdout if args.lr_search else None)
+    choice = lr_choice(args)
+    data, total_steps = driver_data(cfg, choice.search and choice.search.holdout)
     timeline.note("data")
     num_classes = len(data.arrays.classes)
     use_gpu = join_cluster(cfg, args.address) if cfg.num_workers > 0 else bool(cfg.use_gpu)
     timeline.note("ray")
     run = RunFolder(cfg.run_dir)
     run.delete(runs.DIVERGED)  # a new command may try again (a changed LR fails the check below)
-    cfg, found = choose_lrs(cfg, args, use_gpu, latest_checkpoint(run) is not None, data)
+    cfg, found = choose_lrs(cfg, choice, use_gpu, latest_checkpoint(run) is not None, data,
+                            args.address)
     timeline.note("lrs")
     after = check_resumable(cfg, num_classes, total_steps)
     if after is not None:

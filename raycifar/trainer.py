@@ -15,7 +15,7 @@ import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -36,6 +36,17 @@ from .state import CHECKPOINT_FILE, RunClock, TrainState
 from .tracking import log_epoch
 
 
+@dataclass(frozen=True)
+class LoopConfig:
+    """What fit() hands every worker, inside Ray's `train_loop_config` (one key, "loop")."""
+
+    train: dict                           # TrainConfig.to_dict(): the run's settings
+    data: Any                             # TrainingData, or its object-store reference
+    meta: dict = field(default_factory=dict)  # runs.run_meta() and the driver's moments
+    fault: Optional[str] = None           # faults.ENV's spec, read on the driver
+    progress_seconds: Optional[float] = None  # progress.interval_seconds(), read on the driver
+
+
 @dataclass
 class Worker:
     """One worker's view of the run: who and where it is, what it trains on, how."""
@@ -45,7 +56,7 @@ class Worker:
     world: int
     rt: Runtime
     data: TrainingData
-    config: dict                          # the loop config fit() passed (meta, fault, ...)
+    loop: LoopConfig                      # what fit() passed
     run: Optional[RunFolder]              # rank 0 writes the run folder; the others do not
     data_rng: torch.Generator = field(default_factory=torch.Generator)  # the loader's shuffle
     placement: list[dict] = field(default_factory=list)
@@ -54,7 +65,7 @@ class Worker:
 
     @property
     def fault(self) -> Optional[Fault]:
-        return fault_from_spec(self.config.get("fault"))
+        return fault_from_spec(self.loop.fault)
 
 
 @dataclass
@@ -124,18 +135,19 @@ def start_worker(config: dict) -> Worker:
 
     entered = time.time()
     setup_logging()
-    cfg = TrainConfig.from_dict(config["train"])
+    loop: LoopConfig = config["loop"]
+    cfg = TrainConfig.from_dict(loop.train)
     ctx = ray.train.get_context()                                       # Ray: who am I
     device = ray.train.torch.get_device()                               # Ray: my device
     if device.type == "cpu":
         torch.set_num_threads(cfg.cpus_per_worker)
     seed_everything(cfg.seed)
-    data = config["data"]
+    data = loop.data
     if isinstance(data, ray.ObjectRef):  # the driver's arrays, never --data-dir itself
         data = ray.get(data)                                            # Ray: object store
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     w = Worker(cfg, rank, world, Runtime.on(device, cfg.precision, cfg.channels_last), data,
-               config, RunFolder(cfg.run_dir) if rank == 0 else None,
+               loop, RunFolder(cfg.run_dir) if rank == 0 else None,
                torch.Generator().manual_seed(cfg.seed), placement(rank, world, device))
     w.moments.update(worker=entered, worker_data=time.time())
     if rank == 0:
@@ -188,7 +200,7 @@ def restore(w: Worker, learner: Learner) -> Progress:
 def config_record(w: Worker, learner: Learner) -> dict:
     """config.json: the resolved config and everything else needed to read the run later."""
     steps = learner.scheduler.total_steps // w.cfg.epochs
-    return {"config": w.cfg.to_dict(), **w.config.get("meta", {}), "steps_per_epoch": steps,
+    return {"config": w.cfg.to_dict(), **w.loop.meta, "steps_per_epoch": steps,
             "world_size": w.world, "device": str(w.rt.device), "precision": w.rt.precision,
             "mean": w.data.mean, "std": w.data.std, "classes": w.data.arrays.classes,
             "workers": w.placement}
@@ -211,7 +223,7 @@ def train_one_epoch(w: Worker, learner: Learner, batches, epoch: int) -> EpochRe
         return train_epoch(
             learner, batches, epoch=epoch, epochs=w.cfg.epochs,
             first_step=(epoch - 1) * len(batches), progress=w.rank == 0,
-            progress_seconds=w.config.get("progress_seconds"),
+            progress_seconds=w.loop.progress_seconds,
             before_step=fault and (lambda i: fault.maybe_fire(epoch, i, w.rank, learner.bare)))
     except DivergenceError as e:  # no checkpoint for this epoch: the last one stays good
         kept = (f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else
@@ -317,7 +329,7 @@ def command_time(w: Worker) -> dict:
     """From the command's start (the last command of a run done in pieces) to here, and its
     start-up phases (timeline.PHASES); the worker's phases alone when fit() was called without
     the driver's moments (a search or seeds trial)."""
-    moments = {**w.config.get("meta", {}).get("moments", {}), **w.moments}
+    moments = {**w.loop.meta.get("moments", {}), **w.moments}
     out = {"startup": timeline.phases(moments)}
     if "process" in moments:
         out["command_seconds"] = time.time() - moments["process"]
@@ -363,10 +375,10 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
     resources = cfg.worker_resources(use_gpu)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": cfg.to_dict(), "meta": meta, "data": data,
-                           "fault": os.environ.get(FAULT_ENV),
-                           # read (and checked) here: workers on a cluster have another env
-                           "progress_seconds": interval_seconds()},
+        train_loop_config={"loop": LoopConfig(
+            cfg.to_dict(), data, meta, fault=os.environ.get(FAULT_ENV),
+            # read (and checked) here: workers on a cluster have another env
+            progress_seconds=interval_seconds())},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage_path,

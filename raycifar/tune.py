@@ -22,7 +22,7 @@ from .config import RaycifarError
 from .connect import init_ray, join_cluster, nodes, resolve_use_gpu
 from .data import TrainingData, check_hold_out, load_arrays
 from .logs import log
-from .lrs import (add_lr_arguments, check_lr_args, choose_lrs, matching_finding,
+from .lrs import (add_lr_arguments, choose_lrs, lr_choice, matching_finding,
                   range_test_config, search_config)
 from .runs import RunFolder, check_writable
 from .seeds import describe as describe_seeds
@@ -70,13 +70,14 @@ def run_seeds(args: argparse.Namespace) -> int:
     once (by the range test unless typed in); re-run, it resumes the unfinished seeds with the
     LRs it chose the first time."""
     cfg = config_from_args(args)
-    check_lr_args(args)
+    choice = lr_choice(args)
     if args.seeds < 1:
         raise RaycifarError(f"--seeds {args.seeds} must be >= 1")
-    data, _ = driver_data(cfg, args.holdout if args.lr_search else None)
+    data, _ = driver_data(cfg, choice.search and choice.search.holdout)
     use_gpu = join_cluster(cfg, args.address)
     folder = RunFolder(cfg.run_dir)
-    cfg, found = choose_lrs(cfg, args, use_gpu, folder.exists(runs.CONFIG), data)
+    cfg, found = choose_lrs(cfg, choice, use_gpu, folder.exists(runs.CONFIG), data,
+                            args.address)
     log.info(f"LRMAX {cfg.lr_max:.4g}, LRMIN {cfg.lr_min:.4g} from {found.describe()}, shared "
              f"by {args.seeds} seeds from {cfg.seed}")
     meta = runs.run_meta(found)

@@ -57,7 +57,7 @@ def test_lrs_are_found_unless_typed_in(argv, mode):
 
 def test_a_resumed_run_keeps_its_lrs_however_they_were_found(tmp_path):
     from raycifar.runs import RunFolder
-    from raycifar.lrs import choose_lrs
+    from raycifar.lrs import choose_lrs, lr_choice
 
     cfg = TrainConfig(storage_path=str(tmp_path), name="r")
     RunFolder(cfg.run_dir).write_json("config.json", {
@@ -65,11 +65,13 @@ def test_a_resumed_run_keeps_its_lrs_however_they_were_found(tmp_path):
         "lr_source": {"lr_max": 0.0955, "lr_min": 0.00145, "source": "range-test",
                       "where": ".../lr_finder.json", "method": "minimum"}})
     for argv in ([], ["--lr", "auto"]):  # no range test runs: this would need Ray and data
-        resumed, found = choose_lrs(cfg, build_parser().parse_args(argv), False, True)
+        resumed, found = choose_lrs(cfg, lr_choice(build_parser().parse_args(argv)), False,
+                                    True)
         assert (resumed.lr_max, resumed.lr_min) == (0.0955, 0.00145)
         assert found.source == "resumed" and found.found_by == "range-test"
         assert "the run being resumed" in found.describe()
-    typed, found = choose_lrs(cfg, build_parser().parse_args(["--lr-max", "0.3"]), False, True)
+    typed, found = choose_lrs(cfg, lr_choice(build_parser().parse_args(["--lr-max", "0.3"])),
+                              False, True)
     assert typed.lr_max == cfg.lr_max and found.source == "flags"
 
 
@@ -154,3 +156,18 @@ def test_bad_input_is_one_line_nonzero_and_quick(tmp_path):
         if not ok:
             failures.append(f"{case}: rc={p.returncode} {seconds:.0f}s\n{p.stderr[-1500:]}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_the_lr_flags_become_one_checked_choice():
+    from raycifar.config import ConfigError, LRChoice, RangeTestConfig
+    from raycifar.lrs import lr_choice
+
+    choice = lr_choice(build_parser().parse_args(["--num-steps", "40", "--sweep", "linear",
+                                                  "--lr-search", "--candidates", "3"]))
+    assert choice == LRChoice(mode="auto", range_test=RangeTestConfig(num_steps=40,
+                                                                     mode="linear"),
+                              search=choice.search)
+    assert choice.search.candidates == 3
+    # a sweep too short for a curve fails here, on the driver, not in a Tune trial
+    with pytest.raises(ConfigError, match="num_steps=5 is too few"):
+        lr_choice(build_parser().parse_args(["--num-steps", "5"]))
