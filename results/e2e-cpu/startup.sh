@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 20's start-up split on this CPU, before and after the start-up cuts, with the range
+# The start-up split on this CPU, before and after the start-up cuts, with the range
 # test in the command (what the GPU goal measures). Run from the repository root:
 #   results/e2e-cpu/startup.sh
 # before: commit f6db08f (the timeline) with the two cuts committed ahead of it reverted

@@ -1,4 +1,4 @@
-# What ran on the lent H200 machine on 2026-11-29 (commit 70827b5; no network there, and no
+# What ran on the lent H200 machine (16 CPU cores; commit 70827b5; no network there, and no
 # Ray or albumentations in its Python 3.12 / torch 2.11 image, so both travelled with the tree).
 #
 # 1. Prepared here, in an ignored folder .gpucarry/ of the checkout (54 MB, under the tool's
