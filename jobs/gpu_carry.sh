@@ -35,6 +35,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "${GET[@]}" -d "$tmp" ray==2.60.0
 python3 -m zipfile -e "$tmp"/ray-2.60.0-*.whl "$tmp/slim"
+# zipfile drops Unix modes: Ray's two binaries must stay executable
+chmod +x "$tmp/slim/ray/core/src/ray/raylet/raylet" "$tmp/slim/ray/core/src/ray/gcs/gcs_server"
 rm -rf "$tmp/slim/ray/jars"
 find "$tmp/slim" -name '*.js.map' -delete
 tar -C "$tmp/slim" -cf - . | xz -6 -T0 > "$DIR/ray-slim.tar.xz"

@@ -97,7 +97,8 @@ if [[ "$DATA" == *.tar.gz || "$DATA" == *.tgz ]]; then
     fi
     found=$(find "$unpacked" -maxdepth 3 \( -type d -name train -o -type f -name data_batch_1 \) \
             | head -n 1)
-    DATA=$(dirname "${found:?no train/ or data_batch_1 in $DATA}")
+    [ -n "$found" ] || { note "no train/ or data_batch_1 in $DATA"; exit 3; }
+    DATA=$(dirname "$found")
 fi
 
 # --- the settings: the real check, or its rehearsal on a CPU --------------------------------
@@ -129,7 +130,8 @@ part1() {
         --storage-path "$RUNS" --name fast-24
     local run="$RUNS/fast-24"
     if [ -f "$run/summary.json" ]; then
-        "$PY" -m raycifar.bench --split "$run" > "$OUT_DIR/split.md" && cat "$OUT_DIR/split.md"
+        "$PY" -m raycifar.bench --split "$run" > "$OUT_DIR/split.md" && cat "$OUT_DIR/split.md" \
+            || FAILED=1
         "$PY" -m raycifar.bench --split "$BEFORE" "$run" > "$OUT_DIR/figures.md" \
             && cat "$OUT_DIR/figures.md" || FAILED=1
         # paired accuracy against the H200 run; a rehearsal's tiny test set is not that

@@ -1,7 +1,7 @@
 """Throughput, start-up time and peak memory of raycifar's training loop, plain and under Ray.
 
 Throughput runs two epochs of `--subset` images and times the second (warm) one, with the same
-model, global batch, precision (--precision; fp16 with a GradScaler), layout and device (the GPU
+model, global batch, precision (--precision; a GradScaler in fp16), layout and device (the GPU
 if any). The
 variants are interleaved within each repeat, so machine drift hits all alike; medians reported.
 

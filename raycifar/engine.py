@@ -70,14 +70,19 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module,
     if cfg.optimizer == "adam":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr_min, weight_decay=cfg.weight_decay,
                                  **fused)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr_min, momentum=cfg.momentum,
-                           nesterov=True, weight_decay=cfg.weight_decay, **fused)
+    sgd = torch.optim.SGD(model.parameters(), lr=cfg.lr_min, momentum=cfg.momentum,
+                          nesterov=True, weight_decay=cfg.weight_decay, **fused)
+    if fused:  # fused SGD's first step fills momentum from uninitialised memory and keeps it
+        for p in model.parameters():  # when the loss scaler skips that step; zeros are what
+            sgd.state[p]["momentum_buffer"] = torch.zeros_like(p)  # a first step starts from
+    return sgd
 
 
 @dataclass
 class Learner:
-    """What one optimizer step needs: the (maybe DDP-wrapped) model, optimizer, One Cycle
-    scheduler stepped per batch, loss scaler and loss, on a runtime."""
+    """What one optimizer step needs: the (maybe DDP-wrapped) model, optimizer, the LR
+    schedule stepped per batch (One Cycle; the range test's sweep in its place), loss scaler
+    and loss, on a runtime."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer

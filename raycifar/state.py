@@ -105,7 +105,13 @@ class TrainState:
                 f"{where}: the checkpoint's One Cycle has {then} steps, this run's {now}; resume "
                 "with the worker count it had, or start fresh with another --name")
         learner.bare.load_state_dict(self.model)
+        # load_state_dict brings back the saved groups' `fused`/`foreach`; this run's optimizer
+        # keeps its own (fused in fp16 only: an fp32 checkpoint resumed in fp16 must stay fused)
+        impl = [{k: g.get(k) for k in ("fused", "foreach")}
+                for g in learner.optimizer.param_groups]
         learner.optimizer.load_state_dict(self.optimizer)
+        for group, kept in zip(learner.optimizer.param_groups, impl):
+            group.update(kept)
         learner.scheduler.load_state_dict(self.scheduler)
         if self.scaler or not learner.scaler.is_enabled():
             learner.scaler.load_state_dict(self.scaler)  # a disabled scaler ignores it

@@ -158,10 +158,13 @@ def _learner(precision):
     from raycifar.engine import Learner
     from raycifar.schedule import OneCycle
 
+    from raycifar.config import TrainConfig
+    from raycifar.engine import make_optimizer
+
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     rt = Runtime(CPU, precision)
+    opt = make_optimizer(TrainConfig(lr_max=0.1, lr_min=0.01), model, rt)  # fused in fp16
     return Learner(model, opt, OneCycle(0.01, 0.1, 2, 1, 4).build(opt), rt.scaler(),
                    nn.CrossEntropyLoss(), rt)
 
