@@ -32,7 +32,11 @@ from .transforms import eval_transform, train_transform
 
 
 class DivergenceError(RaycifarError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite; `step` is the first such global step."""
+
+    def __init__(self, message: str, step: Optional[int] = None):
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass
@@ -263,7 +267,8 @@ def train_epoch(learner: Learner, loader: Iterable, *, epoch: int = 1,
             at = int(figures[3])
             raise DivergenceError(
                 f"loss became {figures[4]} at epoch {epoch}, step {first_step + at} (lr "
-                f"{steps[at].lr:.4g}); lower --lr-max or use --precision fp32")
+                f"{steps[at].lr:.4g}); lower --lr-max or use --precision fp32",
+                step=first_step + at)
         return figures[:3]
 
     synchronize(device)

@@ -7,9 +7,9 @@ workers will, so a truncated file, another network's weights or another configur
 one-line error that says how to start fresh, not a traceback from inside a Ray worker (and not
 a checkpoint silently ignored).
 
-A divergence leaves `diverged.json` in the run folder: a worker group that Ray restarts (with
-`--max-failures`) stops at once instead of training into the same NaN again. A new command
-clears it.
+A divergence leaves a mark per rank in the run folder's `diverged/`: a worker group that Ray
+restarts (with `--max-failures`) stops at once on the earliest of them instead of training into
+the same NaN again. A new command clears them.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ LR_FINDER_CSV = "lr_finder.csv"   # the range test's sweep
 LR_FINDER_JSON = "lr_finder.json"  # its reading: LRMAX, LRMIN, method, settings
 LR_SEARCH = "lr_search.csv"       # the LRMAX search's candidates
 BEST = "best.json"                # the search's pick
-DIVERGED = "diverged.json"        # a divergence, so that Ray's restarts stop at once
+DIVERGED = "diverged"             # rank-<r>.json per diverged rank: Ray's restarts stop at once
 
 @dataclass(frozen=True)
 class EpochRow:
@@ -105,6 +105,16 @@ class RunFolder:
         if self.exists(name):
             self.fs.delete_file(self._path(name))
 
+    def list(self, folder: str) -> list[str]:
+        """The names of the files directly under <run>/<folder>, sorted ([] if none)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self._path(folder), allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.is_file and not i.base_name.startswith("."))
+
+    def delete_folder(self, folder: str) -> None:
+        """Remove a folder and everything in it if it is there."""
+        if self.exists(folder):
+            self.fs.delete_dir(self._path(folder))
+
     def read_bytes(self, name: str) -> bytes:
         if not self.exists(name):
             raise RunFolderError(f"{self._path(name)} does not exist; is {self.uri} a run folder?")
@@ -149,6 +159,22 @@ class RunFolder:
     def read_npz(self, name: str) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(self.read_bytes(name)), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+
+
+def mark_divergence(run: RunFolder, rank: int, message: str, epoch: int,
+                    step: Optional[int]) -> None:
+    """One file per rank, so ranks that diverge together do not overwrite each other: under
+    DDP a NaN on one rank reaches the others a step later, and the first step is the one to name."""
+    run.write_json(f"{DIVERGED}/rank-{rank}.json",
+                   {"message": message, "epoch": epoch, "step": step, "rank": rank})
+
+
+def first_divergence(run: RunFolder) -> Optional[dict]:
+    """The earliest divergence any rank marked, or None."""
+    marks = [run.read_json(f"{DIVERGED}/{n}") for n in run.list(DIVERGED) if n.endswith(".json")]
+    never = float("inf")
+    return min(marks, key=lambda m: (m["epoch"], never if m["step"] is None else m["step"],
+                                     m["rank"]), default=None)
 
 
 def check_writable(storage_path: str) -> None:

@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
     use_gpu = join_cluster(cfg, args.address) if cfg.num_workers > 0 else bool(cfg.use_gpu)
     timeline.note("ray")
     run = RunFolder(cfg.run_dir)
-    run.delete(runs.DIVERGED)  # a new command may try again (a changed LR fails the check below)
+    run.delete_folder(runs.DIVERGED)  # a new command may try again (a changed LR fails the check below)
     cfg, found = choose_lrs(cfg, choice, use_gpu, latest_checkpoint(run) is not None, data,
                             args.address)
     timeline.note("lrs")

@@ -179,9 +179,9 @@ def restore(w: Worker, learner: Learner) -> Progress:
     a fresh run writes config.json instead."""
     import ray.train
 
-    shared = RunFolder(w.cfg.run_dir)  # every rank may have flagged a divergence
-    if shared.exists(runs.DIVERGED):  # Ray restarted us after one: do not train into it again
-        raise DivergenceError(shared.read_json(runs.DIVERGED)["message"])
+    diverged = runs.first_divergence(RunFolder(w.cfg.run_dir))  # any rank may have marked one
+    if diverged is not None:  # Ray restarted us after one: do not train into it again
+        raise DivergenceError(diverged["message"], diverged["step"])
     checkpoint = ray.train.get_checkpoint()                             # Ray: resume?
     if not checkpoint:
         if w.run is not None:
@@ -229,9 +229,8 @@ def train_one_epoch(w: Worker, learner: Learner, batches, epoch: int) -> EpochRe
         kept = (f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else
                 "no epoch had finished")
         message = f"{e}; {kept}"
-        RunFolder(w.cfg.run_dir).write_json(runs.DIVERGED, {"message": message, "epoch": epoch,
-                                                            "rank": w.rank})
-        raise DivergenceError(message) from e
+        runs.mark_divergence(RunFolder(w.cfg.run_dir), w.rank, message, epoch, e.step)
+        raise DivergenceError(message, e.step) from e
 
 
 def record(w: Worker, learner: Learner, done: Progress, epoch: int, result: EpochResult,

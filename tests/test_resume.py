@@ -11,7 +11,7 @@ from raycifar.faults import Fault, from_spec
 from raycifar.model import CustomResNet
 from raycifar.resume import (CHECKPOINT_FILE, SNAPSHOT_FILE, STATE_KEYS, CheckpointError,
                              check_resumable, latest_checkpoint)
-from raycifar.runs import RunFolder
+from raycifar.runs import DIVERGED, RunFolder, first_divergence, mark_divergence
 
 from conftest import tiny_train_config
 
@@ -112,6 +112,20 @@ def test_a_nan_fault_fires_once_at_its_place(tmp_path):
     fresh = CustomResNet(3)
     fault.maybe_fire(2, 1, 0, fresh)  # the marker is there: a restarted worker is spared
     assert all(torch.isfinite(p).all() for p in fresh.parameters())
+
+
+def test_the_earliest_divergence_any_rank_marked_is_the_one_named(tmp_path):
+    run = RunFolder(str(tmp_path / "run"))
+    assert first_divergence(run) is None
+    # Under DDP a NaN on rank 0 at step 7 reaches rank 1 at step 8, and rank 1 may write last.
+    mark_divergence(run, 0, "at step 7", epoch=2, step=7)
+    mark_divergence(run, 1, "at step 8", epoch=2, step=8)
+    assert first_divergence(run)["message"] == "at step 7"
+    mark_divergence(run, 3, "at step 6", epoch=2, step=6)
+    assert first_divergence(run)["rank"] == 3
+    assert len(run.list(DIVERGED)) == 3
+    run.delete_folder(DIVERGED)
+    assert first_divergence(run) is None
 
 
 def test_a_kill_fault_kills_its_process(tmp_path):
