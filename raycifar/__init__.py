@@ -5,6 +5,6 @@ Importing the package does nothing beyond defining names: no data, no CUDA, no r
 
 __version__ = "0.1.0"
 
-from .config import ConfigError, RaycifarError, TrainConfig  # noqa: E402
+from .recipe.config import ConfigError, RaycifarError, TrainConfig  # noqa: E402
 
 __all__ = ["__version__", "ConfigError", "RaycifarError", "TrainConfig"]

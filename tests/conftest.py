@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 from pathlib import Path
@@ -21,14 +20,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 CLASSES = ["cat", "dog", "frog"]
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_job_script(name: str):
-    """jobs/<name>.py as a module, to run its CLI in the test's process (torch already loaded)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def class_images(label: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -71,7 +62,7 @@ def write_batches(root: Path, per_batch: int = 20, seed: int = 0) -> Path:
 
 def tiny_train_config(tmp_path: Path, **changes):
     """A TrainConfig over a generated 3-class image tree: seconds per epoch on one CPU."""
-    from raycifar.config import TrainConfig
+    from raycifar.recipe.config import TrainConfig
 
     data = write_folder(tmp_path / "data", n_train=24, n_test=8)
     base = dict(data_dir=str(data), cache_dir=str(tmp_path / "cache"),
@@ -104,7 +95,7 @@ def ray_cluster():
 
     import ray
 
-    from raycifar.connect import free_port
+    from raycifar.cluster.connect import free_port
 
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -136,7 +127,7 @@ def trained_run(tmp_path_factory) -> Path:
     """One finished tiny run (Ray Train local mode, in-process), its run folder; shared by the
     evaluate and predict tests. It trains on a seeded subset (60 train / 12 test images, seed 3)
     and some test images carry another class's colour, so it gets some, not all, right."""
-    from raycifar.trainer import fit
+    from raycifar.cluster.trainer import fit
 
     tmp = tmp_path_factory.mktemp("trained")
     cfg = tiny_train_config(tmp, num_workers=0, epochs=2, subset=60, seed=3)

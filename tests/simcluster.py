@@ -81,8 +81,8 @@ def ray_env() -> dict:
 
 
 def _psutil():
-    import ray  # noqa: F401  (puts the psutil Ray bundles on sys.path)
     import psutil
+    import ray  # noqa: F401  (puts the psutil Ray bundles on sys.path)
 
     return psutil
 

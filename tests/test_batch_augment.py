@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from raycifar.batch_augment import DeviceBatches, augment_batch, mean_fill, normalise
-from raycifar.transforms import eval_transform, train_transform
+from raycifar.recipe.batch_augment import DeviceBatches, augment_batch, mean_fill, normalise
+from raycifar.recipe.transforms import eval_transform, train_transform
 
 CPU = torch.device("cpu")
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -327,10 +327,10 @@ def test_augmented_batches_have_one_mean_hole_each_and_channels_last():
 def test_device_evaluation_gives_the_albumentations_paths_predictions():
     """The same weights, the test set through albumentations' Normalize (a CPU DataLoader)
     and held on the device as uint8 (DeviceTestBatches): the same predictions, flip TTA too."""
-    from raycifar.data import CifarArrays, TrainingData
-    from raycifar.engine import evaluate, test_batches
-    from raycifar.model import CustomResNet
-    from raycifar.runtime import Runtime
+    from raycifar.recipe.data import CifarArrays, TrainingData
+    from raycifar.recipe.engine import evaluate, test_batches
+    from raycifar.recipe.model import CustomResNet
+    from raycifar.recipe.runtime import Runtime
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)

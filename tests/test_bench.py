@@ -9,8 +9,10 @@ import re
 import pytest
 import torch
 
-from raycifar import bench, bench_figures
-from raycifar.config import TrainConfig
+from raycifar.cli import bench as bench_cli
+from raycifar.cluster import bench
+from raycifar.reading import bench_figures
+from raycifar.recipe.config import TrainConfig
 
 from conftest import tiny_train_config, write_folder
 
@@ -19,14 +21,14 @@ MACHINE = {"cpu": "Test CPU 9000", "cores": 2, "ram_gib": 8.0, "gpu": None, "tor
 
 
 def _result(values: dict[str, list[float]], notes=("a note",)) -> dict:
-    figures = bench.summarise(values)
+    figures = bench_figures.summarise(values)
     return {"machine": MACHINE, "repeats": 3, "command": "python -m raycifar.bench --subset 64",
-            "figures": figures, "ratios": bench.ratios(figures, 2), "notes": list(notes),
+            "figures": figures, "ratios": bench_figures.ratios(figures, 2), "notes": list(notes),
             "batch_size": 16, "subset": 64}
 
 
 def test_summarise_takes_medians_in_report_order_and_drops_empty_figures():
-    figs = bench.summarise({"plain": [30.0, 10.0, 20.0], "ray": [9.0, 11.0, 10.0],
+    figs = bench_figures.summarise({"plain": [30.0, 10.0, 20.0], "ray": [9.0, 11.0, 10.0],
                             "gpu_peak_plain": []})
     assert list(figs) == ["ray", "plain"]  # FIGURES order, not insertion order
     assert figs["plain"]["median"] == 20.0 and figs["plain"]["values"] == [30.0, 10.0, 20.0]
@@ -34,8 +36,8 @@ def test_summarise_takes_medians_in_report_order_and_drops_empty_figures():
 
 
 def test_ratios_are_of_medians_and_leave_out_missing_figures():
-    figs = bench.summarise({"plain": [20.0], "ray": [10.0], "loader_worker": [15.0]})
-    r = bench.ratios(figs, loader_workers=2)
+    figs = bench_figures.summarise({"plain": [20.0], "ray": [10.0], "loader_worker": [15.0]})
+    r = bench_figures.ratios(figs, loader_workers=2)
     assert r["ray_over_plain"]["value"] == pytest.approx(0.5)
     assert r["loader_worker_over_plain"]["value"] == pytest.approx(0.75)
     assert r["loader_workers_over_plain"]["value"] == pytest.approx(1.5)
@@ -46,29 +48,29 @@ def test_ratios_are_of_medians_and_leave_out_missing_figures():
 def test_loader_is_judged_against_the_model_unfed_where_that_was_measured():
     # medians of the H200 run in results/gpu-h200: the plain loop waits for its loader, so it
     # only shows the loader's speed; the augment=gpu loop shows what the model could take
-    figs = bench.summarise({"plain": [6612.9], "plain_gpu_augment": [71523.1],
+    figs = bench_figures.summarise({"plain": [6612.9], "plain_gpu_augment": [71523.1],
                             "loader_worker": [4968.4]})
-    rat = bench.ratios(figs, loader_workers=2)
+    rat = bench_figures.ratios(figs, loader_workers=2)
     assert rat["loader_workers_over_plain"]["value"] > 1          # the circular verdict
     assert rat["loader_workers_over_unfed"]["value"] == pytest.approx(2 * 4968.4 / 71523.1)
-    keeps_up, note = bench.loader_verdict(figs, 2)
+    keeps_up, note = bench_figures.loader_verdict(figs, 2)
     assert keeps_up is False
     assert "IS the bottleneck" in note and "about 15 workers" in note  # ceil(71523.1 / 4968.4)
 
-    cpu = bench.summarise({"plain": [40.2], "plain_gpu_augment": [44.7],
+    cpu = bench_figures.summarise({"plain": [40.2], "plain_gpu_augment": [44.7],
                            "loader_worker": [2273.7]})                # BENCHMARKS.md, CPU
-    keeps_up, note = bench.loader_verdict(cpu, 2)
+    keeps_up, note = bench_figures.loader_verdict(cpu, 2)
     assert keeps_up is True and "not the bottleneck" in note
 
 
 def test_loader_verdict_falls_back_to_the_plain_loop_or_says_nothing():
-    figs = bench.summarise({"plain": [20.0], "loader_worker": [5.0]})
-    keeps_up, note = bench.loader_verdict(figs, 2)
+    figs = bench_figures.summarise({"plain": [20.0], "loader_worker": [5.0]})
+    keeps_up, note = bench_figures.loader_verdict(figs, 2)
     assert keeps_up is False and "less than the plain loop consumes" in note
     # under --augment gpu the plain loop is the one that waits for no loader
-    keeps_up, note = bench.loader_verdict(figs, 2, unfed="plain")
+    keeps_up, note = bench_figures.loader_verdict(figs, 2, unfed="plain")
     assert keeps_up is False and "about 4 workers" in note
-    assert bench.loader_verdict(bench.summarise({"plain": [20.0]}), 2) == (None, None)
+    assert bench_figures.loader_verdict(bench_figures.summarise({"plain": [20.0]}), 2) == (None, None)
 
 
 def test_markdown_holds_the_machine_the_command_every_figure_and_ratio():
@@ -79,7 +81,7 @@ def test_markdown_holds_the_machine_the_command_every_figure_and_ratio():
               "command_to_first_step": [12.5], "host_peak_rss_self": [900.0],
               "host_peak_rss_children": [300.0]}
     result = _result(values, notes=["Ray 2 workers: 1 CPU(s) and batch 8 each"])
-    text = bench.markdown(result)
+    text = bench_figures.markdown(result)
     assert "Test CPU 9000, 2 cores, 8.0 GiB RAM, GPU: none" in text
     assert "torch 2.x, ray 2.60.0; precision fp32" in text
     assert "`python -m raycifar.bench --subset 64`" in text
@@ -167,9 +169,9 @@ def test_on_a_gpu_the_options_turn_the_loop_that_waits_for_no_loader(monkeypatch
     assert bench.options_on(_cfg()) == "plain_gpu_augment"
     assert any("option variants turn the augment=gpu loop" in n for n in notes)
 
-    figs = bench.summarise({"plain": [6.0], "plain_gpu_augment": [70.0],
+    figs = bench_figures.summarise({"plain": [6.0], "plain_gpu_augment": [70.0],
                             "plain_compile": [84.0], "plain_contiguous": [56.0]})
-    r = bench.ratios(figs, 2, options_base="plain_gpu_augment")
+    r = bench_figures.ratios(figs, 2, options_base="plain_gpu_augment")
     assert r["compile_over_plain"]["value"] == pytest.approx(1.2)
     assert r["contiguous_over_plain"]["value"] == pytest.approx(0.8)
     assert r["compile_over_plain"]["label"] == \
@@ -190,31 +192,31 @@ def test_plan_measures_only_the_variants_asked_for():
 
 
 def test_only_names_unknown_variants_in_a_one_line_error(capsys):
-    assert bench.main(["--only", "plain,turbo"]) == 2
+    assert bench_cli.cli(["--only", "plain,turbo"]) == 2
     err = capsys.readouterr().err
     assert "--only 'plain,turbo'" in err and "plain_compile" in err
 
 
 def test_parser_takes_the_train_flags_and_the_bench_ones():
-    args = bench.build_parser().parse_args([])
+    args = bench_cli.build_parser().parse_args([])
     assert (args.subset, args.repeats, args.out, args.json) == (3072, 3, "BENCHMARKS.md", None)
-    args = bench.build_parser().parse_args(["--augment", "gpu", "--batch-size", "64",
+    args = bench_cli.build_parser().parse_args(["--augment", "gpu", "--batch-size", "64",
                                             "--repeats", "5", "--json", "b.json"])
     assert (args.augment, args.batch_size, args.repeats, args.json) == ("gpu", 64, 5, "b.json")
 
 
 def test_repeats_below_one_is_a_one_line_error(capsys):
-    assert bench.main(["--repeats", "0"]) == 2
+    assert bench_cli.cli(["--repeats", "0"]) == 2
     assert "repeats=0 must be >= 1" in capsys.readouterr().err
 
 
 def test_machine_info_names_the_versions_and_the_precision():
-    m = bench.machine_info("fp32")
+    m = bench_figures.machine_info("fp32")
     assert m["cores"] >= 1 and m["precision"] == "fp32" and m["ray"] and m["torch"]
 
 
 def test_plain_loops_and_loader_worker_run_on_tiny_data(tmp_path):
-    from raycifar.data import load_arrays
+    from raycifar.recipe.data import load_arrays
 
     cfg = tiny_train_config(tmp_path, batch_size=8, subset=24, use_gpu=False)  # 3 steps
     arrays = load_arrays(cfg)
@@ -225,7 +227,7 @@ def test_plain_loops_and_loader_worker_run_on_tiny_data(tmp_path):
 
 
 def test_plain_loop_compiles_the_model_when_asked(tmp_path, monkeypatch):
-    from raycifar.data import load_arrays
+    from raycifar.recipe.data import load_arrays
 
     compiled = []
 
@@ -257,7 +259,7 @@ def test_whole_bench_writes_markdown_and_json_with_every_variant(tmp_path, ray_c
             "--out", str(md), "--json", str(js)]
     # torch.compile with dynamo alone: inductor's C++ builds take minutes on two cores
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    assert bench.main(argv) == 0
+    assert bench_cli.cli(argv) == 0
 
     result = json.loads(js.read_text())
     expected = ["ray", "ray_2workers", "plain", "plain_gpu_augment", "plain_compile",

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from raycifar.config import TrainConfig
-from raycifar.train import GPU_FEEDING_LOADERS, build_parser, loader_hint
+from raycifar.cli.train import GPU_FEEDING_LOADERS, build_parser, loader_hint
+from raycifar.recipe.config import TrainConfig
 
 from conftest import write_folder
 
@@ -32,7 +32,7 @@ def test_help_documents_every_config_field():
 
 
 def test_flags_map_onto_config():
-    from raycifar.cli import config_from_args
+    from raycifar.cli.args import config_from_args
 
     args = build_parser().parse_args(["--epochs", "3", "--peak-epoch", "1", "--no-tta",
                                       "--storage-path", "rel/runs", "--precision", "fp32"])
@@ -50,14 +50,15 @@ def test_flags_map_onto_config():
     (["--lr", "manual"], "manual"),
 ])
 def test_lrs_are_found_unless_typed_in(argv, mode):
-    from raycifar.lrs import lr_mode
+    from raycifar.cli.lr_flags import lr_mode
 
     assert lr_mode(build_parser().parse_args(argv)) == mode
 
 
 def test_a_resumed_run_keeps_its_lrs_however_they_were_found(tmp_path):
-    from raycifar.runs import RunFolder
-    from raycifar.lrs import choose_lrs, lr_choice
+    from raycifar.cli.lr_flags import lr_choice
+    from raycifar.cluster.lrs import choose_lrs
+    from raycifar.store.runs import RunFolder
 
     cfg = TrainConfig(storage_path=str(tmp_path), name="r")
     RunFolder(cfg.run_dir).write_json("config.json", {
@@ -76,8 +77,8 @@ def test_a_resumed_run_keeps_its_lrs_however_they_were_found(tmp_path):
 
 
 def test_a_search_of_typed_in_lrs_is_refused_before_anything_runs(tmp_path):
-    from raycifar.config import ConfigError
-    from raycifar.train import main
+    from raycifar.cli.train import main
+    from raycifar.recipe.config import ConfigError
 
     args = build_parser().parse_args(["--data-dir", str(tmp_path / "nowhere"), "--lr-max",
                                       "0.2", "--lr-search"])
@@ -159,8 +160,8 @@ def test_bad_input_is_one_line_nonzero_and_quick(tmp_path):
 
 
 def test_the_lr_flags_become_one_checked_choice():
-    from raycifar.config import ConfigError, LRChoice, RangeTestConfig
-    from raycifar.lrs import lr_choice
+    from raycifar.cli.lr_flags import lr_choice
+    from raycifar.recipe.config import ConfigError, LRChoice, RangeTestConfig
 
     choice = lr_choice(build_parser().parse_args(["--num-steps", "40", "--sweep", "linear",
                                                   "--lr-search", "--candidates", "3"]))
@@ -171,3 +172,41 @@ def test_the_lr_flags_become_one_checked_choice():
     # a sweep too short for a curve fails here, on the driver, not in a Tune trial
     with pytest.raises(ConfigError, match="num_steps=5 is too few"):
         lr_choice(build_parser().parse_args(["--num-steps", "5"]))
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "evaluate", "predict", "report", "compare",
+                                     "bench", "doctor"])
+def test_every_command_answers_help_through_the_console_script(command, capsys):
+    from raycifar.cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: raycifar {command} ")
+
+
+def test_the_console_script_lists_its_commands_and_refuses_others(capsys):
+    from raycifar.cli.main import COMMANDS, main
+
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert all(f"  {c} " in out for c in COMMANDS)
+    assert main(["trian"]) == 2
+    assert capsys.readouterr().err.startswith("raycifar: error: no command 'trian'")
+
+
+def test_the_module_and_script_entry_points_reach_the_same_commands():
+    """`python -m raycifar.X`, `python -m raycifar X` and `python jobs/X.py` as the docs use them,
+    each named in its own usage line; the console script itself is installed by pip."""
+    import shutil
+
+    from conftest import REPO
+
+    cases = [([sys.executable, "-m", "raycifar.evaluate"], "python -m raycifar.evaluate"),
+             ([sys.executable, "-m", "raycifar", "predict"], "raycifar predict"),
+             ([sys.executable, str(REPO / "jobs" / "report.py")], "jobs/report.py")]
+    if shutil.which("raycifar"):
+        cases.append((["raycifar", "compare"], "raycifar compare"))
+    for argv, prog in cases:
+        p = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and p.stdout.startswith(f"usage: {prog} "), (argv, p.stderr)

@@ -20,10 +20,10 @@ import jsonschema
 import pytest
 import yaml
 
-from raycifar.cli import config_from_args
-from raycifar.cluster import alive_nodes, check_shared_storage, is_uri
-from raycifar.config import ConfigError, RaycifarError
-from raycifar.train import build_parser
+from raycifar.cli.args import config_from_args
+from raycifar.cli.train import build_parser
+from raycifar.cluster.placement import alive_nodes, check_shared_storage, is_uri
+from raycifar.recipe.config import ConfigError, RaycifarError
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTERS = REPO / "jobs" / "clusters"
@@ -565,7 +565,7 @@ def test_a_bad_command_would_be_caught():
     assert training_commands(CLUSTERS / "aws.yaml")[0][-2:] == ["--name", "aws-4xa10g"]
 
 
-# ----------------------------------------------------------------------------- raycifar.cluster
+# -------------------------------------------------------------------- raycifar.cluster.placement
 
 NODES = [{"Alive": True}, {"Alive": True}, {"Alive": False}]
 
@@ -615,8 +615,8 @@ def test_expected_nodes_covers_a_cluster_that_has_not_grown_yet():
 def test_an_error_raised_in_a_ray_task_comes_back_as_its_one_line_message():
     from ray.exceptions import RayTaskError
 
-    from raycifar.cluster import user_error
-    from raycifar.lr_finder import RangeTestError
+    from raycifar.cluster.placement import user_error
+    from raycifar.recipe.lr_finder import RangeTestError
 
     plain = RangeTestError("the loss never fell during the range test")
     # what Tune hands back for a trial that raised it: a RayTaskError that is also a

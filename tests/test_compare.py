@@ -7,17 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raycifar.cli import run_cli
-from raycifar.compare import compare, exact_mcnemar_p, paired_gap, to_markdown, unpaired_gap
-from raycifar.report import METRICS
-from raycifar.runs import RunFolderError
+from raycifar.cli.args import run_cli
+from raycifar.reading.compare import compare, exact_mcnemar_p, paired_gap, to_markdown, unpaired_gap
+from raycifar.reading.report import METRICS
+from raycifar.store.runs import RunFolderError
 
-from conftest import load_job_script
 
 
 def write_run(root: Path, accs, speeds=None, labels=None, preds=None, finished=True,
               test_images=None) -> Path:
-    """A run folder as raycifar.train leaves it: metrics.csv, and when finished summary.json
+    """A run folder as `raycifar train` leaves it: metrics.csv, and when finished summary.json
     (and predictions.npz when given)."""
     root.mkdir(parents=True)
     speeds = speeds or [40.0] * len(accs)
@@ -52,7 +51,7 @@ def table_rows(md: str):
     return [line for line in md.splitlines() if line.startswith("|")]
 
 
-script = load_job_script("compare")
+from raycifar.cli import compare as script  # noqa: E402  (jobs/compare.py runs it)
 
 
 @pytest.mark.parametrize("b, c, p", [
@@ -188,6 +187,6 @@ def test_cli_writes_the_table_and_turns_bad_flags_into_exit_2(tmp_path, capsys):
                        (["--tolerance", "-1"], "--tolerance must be >= 0")):
         assert run_cli(script.main, script.build_parser(), [str(a), str(b)] + bad) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("jobs/compare.py: error: ") and words in err[0]
+        assert len(err) == 1 and err[0].startswith("raycifar compare: error: ") and words in err[0]
     assert run_cli(script.main, script.build_parser(), [str(a), str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err

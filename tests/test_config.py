@@ -1,6 +1,6 @@
 import pytest
 
-from raycifar.config import ConfigError, TrainConfig, resolve_storage_path
+from raycifar.recipe.config import ConfigError, TrainConfig, resolve_storage_path
 
 
 def test_defaults_are_the_spec():

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from raycifar import connect
-from raycifar.cluster import trial_concurrency as search_concurrency
-from raycifar.config import RaycifarError
+from raycifar.cluster import connect, ray_compat
+from raycifar.cluster.placement import trial_concurrency as search_concurrency
+from raycifar.recipe.config import RaycifarError
 
 from conftest import tiny_train_config
 
@@ -16,7 +16,7 @@ from conftest import tiny_train_config
 def no_cluster(monkeypatch):
     """Nothing to join unless a test says so: no RAY_ADDRESS, no `ray start` on this node."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr("raycifar.ray_compat.started_cluster_address", lambda: None)
+    monkeypatch.setattr(ray_compat, "started_cluster_address", lambda: None)
 
 
 @pytest.fixture
@@ -33,18 +33,18 @@ def recorded_init(monkeypatch, no_cluster):
 
 def test_the_address_flag_wins(monkeypatch, no_cluster):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")
-    monkeypatch.setattr("raycifar.ray_compat.started_cluster_address", lambda: "10.0.0.3:6379")
+    monkeypatch.setattr(ray_compat, "started_cluster_address", lambda: "10.0.0.3:6379")
     assert connect.cluster_to_join("10.0.0.1:6379") == "10.0.0.1:6379"
 
 
 def test_without_the_flag_ray_address_wins(monkeypatch, no_cluster):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")  # what every `ray job submit` job has
-    monkeypatch.setattr("raycifar.ray_compat.started_cluster_address", lambda: "10.0.0.3:6379")
+    monkeypatch.setattr(ray_compat, "started_cluster_address", lambda: "10.0.0.3:6379")
     assert connect.cluster_to_join(None) == "10.0.0.2:6379"
 
 
 def test_then_the_cluster_ray_start_runs_on_this_node(monkeypatch, no_cluster):
-    monkeypatch.setattr("raycifar.ray_compat.started_cluster_address", lambda: "10.0.0.3:6379")
+    monkeypatch.setattr(ray_compat, "started_cluster_address", lambda: "10.0.0.3:6379")
     assert connect.cluster_to_join(None) == "10.0.0.3:6379"
 
 
@@ -66,7 +66,7 @@ def test_joining_passes_the_address_and_nothing_else(recorded_init, monkeypatch)
 
 def test_the_ray_start_cluster_is_joined_as_ray_finds_it(recorded_init, monkeypatch):
     """As "auto": Ray 2.60 enables token auth only for a cluster it found itself."""
-    monkeypatch.setattr("raycifar.ray_compat.started_cluster_address", lambda: "10.0.0.3:6379")
+    monkeypatch.setattr(ray_compat, "started_cluster_address", lambda: "10.0.0.3:6379")
     assert connect.init_ray(None) is True
     assert connect.init_ray("10.0.0.1:6379") is True
     assert recorded_init == [{"address": "auto"}, {"address": "10.0.0.1:6379"}]
@@ -102,7 +102,7 @@ def test_an_unreachable_cluster_is_one_line(monkeypatch, no_cluster):
 def test_ray_start_leaves_the_address_where_we_read_it(monkeypatch, tmp_path):
     """Pins the private surface: `ray start` writes <ray temp dir>/ray_current_cluster (that
     it does is shown for real in test_multinode.py) and `started_cluster_address` reads it."""
-    from raycifar.ray_compat import started_cluster_address
+    from raycifar.cluster.ray_compat import started_cluster_address
 
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     assert started_cluster_address() is None
@@ -141,7 +141,7 @@ def test_a_search_that_cannot_place_one_trial_fails_at_once(tmp_path):
 
 
 def test_a_multi_worker_run_on_gpu_fractions_is_refused_wherever_it_would_run(tmp_path):
-    from raycifar.cluster import check_gpu_sharing, check_placement
+    from raycifar.cluster.placement import check_gpu_sharing, check_placement
 
     gpus = [node(16, gpus=1), node(16, gpus=1)]
     packed = tiny_train_config(tmp_path, num_workers=2, cpus_per_worker=1, gpus_per_worker=0.5)

@@ -1,11 +1,12 @@
 import os
+
 import numpy as np
 import pytest
 import torch
 
-from raycifar.config import TrainConfig
-from raycifar.data import ArrayDataset, DataError, load_arrays, resolve_format
-from raycifar.transforms import eval_transform
+from raycifar.recipe.config import TrainConfig
+from raycifar.recipe.data import ArrayDataset, DataError, load_arrays, resolve_format
+from raycifar.recipe.transforms import eval_transform
 
 from conftest import CLASSES, write_batches, write_folder
 
@@ -62,7 +63,7 @@ def test_subset_takes_n_train_and_n_over_5_test(tmp_path, image_folder):
 def test_mean_std_are_of_the_training_images():
     x = np.zeros((2, 32, 32, 3), np.uint8)
     x[1] = 255
-    from raycifar.data import CifarArrays
+    from raycifar.recipe.data import CifarArrays
     mean, std = CifarArrays(x, np.zeros(2), x, np.zeros(2), ["a"]).mean_std()
     assert mean == pytest.approx((0.5, 0.5, 0.5)) and std == pytest.approx((0.5, 0.5, 0.5))
 
@@ -123,8 +124,8 @@ FORKED_DECODE = """
 import os, sys
 from pathlib import Path
 import numpy as np
-from raycifar import data
-from raycifar.data import DataError
+from raycifar.recipe import data
+from raycifar.recipe.data import DataError
 root = Path(sys.argv[1])
 data.DECODE_CHUNK = 5
 files = data._list_split(root, "train")
@@ -163,7 +164,7 @@ def test_no_forked_decoders_where_ray_or_cuda_runs_in_this_process_or_off_linux(
     import sys
     import types
 
-    from raycifar import data
+    from raycifar.recipe import data
 
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True))
     assert data._decode_processes(20) == 1

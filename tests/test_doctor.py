@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from raycifar import doctor, runtime
+from raycifar.cli import doctor
+from raycifar.recipe import runtime
 
 
 def pretend_gpus(monkeypatch, gpus):

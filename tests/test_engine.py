@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from raycifar.engine import DivergenceError, Learner, evaluate, train_epoch
-from raycifar.runtime import Runtime, resolve_precision
+from raycifar.recipe.engine import DivergenceError, Learner, evaluate, train_epoch
+from raycifar.recipe.runtime import Runtime, resolve_precision
 
 CPU = Runtime(torch.device("cpu"))
-from raycifar.schedule import OneCycle
+from raycifar.recipe.schedule import OneCycle
 
 
 def tiny_problem(n=64, seed=0):
@@ -78,7 +78,7 @@ def test_nan_loss_stops_with_epoch_step_and_lr():
 def test_auto_precision_on_this_cpu_follows_its_flags_not_the_mkldnn_check():
     # The mkldnn check says True on AVX-512 CPUs that only emulate bf16; every kind
     # of CPU is pinned in test_precision.py, this checks the real reading on this machine.
-    from raycifar.runtime import NATIVE_BF16_FLAGS, cpu_flags
+    from raycifar.recipe.runtime import NATIVE_BF16_FLAGS, cpu_flags
 
     got = resolve_precision("auto", torch.device("cpu"))
     native = any(f in (cpu_flags() or ()) for f in NATIVE_BF16_FLAGS)
@@ -87,7 +87,7 @@ def test_auto_precision_on_this_cpu_follows_its_flags_not_the_mkldnn_check():
 
 
 def test_unwrap_finds_the_network_inside_compile_and_ddp_style_wrappers():
-    from raycifar.engine import unwrap
+    from raycifar.recipe.engine import unwrap
 
     net = nn.Sequential(nn.Linear(2, 2))
 
@@ -105,7 +105,7 @@ def test_unwrap_finds_the_network_inside_compile_and_ddp_style_wrappers():
 def test_cuda_graph_steps_are_marked_only_for_graph_modes_on_a_gpu(monkeypatch):
     """reduce-overhead and max-autotune replay CUDA graphs: each step must tell torch a new
     step begins (else the last replay's outputs may be overwritten while still read)."""
-    from raycifar.config import TrainConfig
+    from raycifar.recipe.config import TrainConfig
 
     cfg = TrainConfig(lr_max=0.4, lr_min=0.04)
     cuda = Runtime(torch.device("cuda"))  # never placed on: Learner.build only reads the type
@@ -157,9 +157,9 @@ def test_a_training_epoch_reads_the_device_once_per_fifty_steps(monkeypatch, pro
     """No step waits for the device: the sums live there and are read every READ_EVERY steps
     (and at the end), whatever the loader (the on-device augmentation here) and the meter; in
     fp16 the loss scaler's found-inf check stays on the device too (a fused optimizer)."""
-    from raycifar.batch_augment import DeviceBatches
-    from raycifar.config import TrainConfig
-    from raycifar.engine import READ_EVERY, make_optimizer
+    from raycifar.recipe.batch_augment import DeviceBatches
+    from raycifar.recipe.config import TrainConfig
+    from raycifar.recipe.engine import READ_EVERY, make_optimizer
 
     steps = 3 * READ_EVERY + 7
     rng = torch.Generator().manual_seed(0)
@@ -211,7 +211,7 @@ def test_the_epoch_loss_and_accuracy_match_a_host_side_count():
 
 
 def test_a_nan_between_reads_names_its_own_step():
-    from raycifar.engine import READ_EVERY
+    from raycifar.recipe.engine import READ_EVERY
 
     batches = tiny_problem(n=16 * (READ_EVERY + 10))
     model = tiny_model()

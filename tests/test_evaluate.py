@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raycifar import evaluate
-from raycifar.cli import run_cli
-from raycifar.report import PREDICTIONS
-from raycifar.runs import RunFolder
+from raycifar.cli import evaluate
+from raycifar.cli.args import run_cli
+from raycifar.reading.report import PREDICTIONS
+from raycifar.store.runs import RunFolder
 
 from conftest import write_folder
 
@@ -68,7 +68,7 @@ def test_a_different_class_set_is_one_error_line(trained_run, tmp_path, capsys):
     assert run([str(trained_run), "--data-dir", str(other), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith("python -m raycifar.evaluate: error: ")
+    assert err.startswith("raycifar evaluate: error: ")
     assert "has classes ['bird', 'cat', 'dog']" in err and "['cat', 'dog', 'frog']" in err
     assert not list(tmp_path.glob("evaluation-*"))
 
@@ -94,7 +94,7 @@ def test_user_errors_are_one_line(trained_run, tmp_path, capsys, case, message):
 
 
 def test_inference_modules_do_not_import_ray():
-    code = ("import sys, raycifar.evaluate, raycifar.predict; "
+    code = ("import sys, raycifar.reading.evaluate, raycifar.reading.predict; "
             "sys.exit(any(m == 'ray' or m.startswith('ray.') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
@@ -102,9 +102,9 @@ def test_inference_modules_do_not_import_ray():
 def test_compare_and_report_read_an_evaluations_predictions(trained_run, tmp_path):
     """The model on other data: evaluate writes predictions-NAME.npz, and jobs/compare.py and
     jobs/report.py take it with --predictions."""
-    from raycifar.compare import compare
-    from raycifar.config import RaycifarError
-    from raycifar.report import write_report
+    from raycifar.reading.compare import compare
+    from raycifar.reading.report import write_report
+    from raycifar.recipe.config import RaycifarError
 
     other = write_folder(tmp_path / "other", n_train=4, n_test=6, seed=5)
     run_copy = tmp_path / "run"

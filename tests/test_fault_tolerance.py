@@ -18,15 +18,14 @@ import time
 import pytest
 import torch
 
-from raycifar.cluster import user_error
-from raycifar.engine import DivergenceError
-from raycifar.faults import ENV
-from raycifar.resume import CHECKPOINT_FILE, CheckpointError, latest_checkpoint
-from raycifar.runs import RunFolder
-from raycifar.runs import METRIC_COLUMNS
-from raycifar.train import build_parser, main
-from raycifar.trainer import fit
-from raycifar.cli import run_cli
+from raycifar.cli.args import run_cli
+from raycifar.cli.train import build_parser, main
+from raycifar.cluster.placement import user_error
+from raycifar.cluster.trainer import fit
+from raycifar.recipe.engine import DivergenceError
+from raycifar.recipe.faults import ENV
+from raycifar.store.resume import CHECKPOINT_FILE, CheckpointError, latest_checkpoint
+from raycifar.store.runs import METRIC_COLUMNS, RunFolder
 
 from conftest import tiny_train_config
 

@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from raycifar.lr_finder import (RangeTestError, curve_beta_for, ema, lr_schedule, range_test,
-                                reread, suggest_lr_max, suggest_lr_min, suggest_minimum,
-                                suggest_steepest, suggest_valley, zero_lag)
+from raycifar.recipe.lr_finder import (RangeTestError, curve_beta_for, ema, lr_schedule, range_test,
+                                       reread, suggest_lr_max, suggest_lr_min, suggest_minimum,
+                                       suggest_steepest, suggest_valley, zero_lag)
+from raycifar.store.range_test import save_range_test
 
 
 def synthetic_curve(n=200, lo=1e-4, hi=10.0, knee=0.1, noise=0.0, seed=0):
@@ -33,7 +34,7 @@ def test_sweeps_are_exponential_or_linear():
 ])
 def test_bad_sweeps_fail_when_their_settings_are_built(args, message):
     """On the driver, before Ray starts: one place checks a sweep (RangeTestConfig)."""
-    from raycifar.config import ConfigError
+    from raycifar.recipe.config import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         sweep(*args)
@@ -87,7 +88,7 @@ def test_steepest_ignores_a_steep_fall_after_the_minimum():
 
 
 def test_suggestions_ignore_a_recovery_after_the_blow_up():
-    from raycifar.lr_finder import suggest_lr_max, usable_end
+    from raycifar.recipe.lr_finder import suggest_lr_max, usable_end
     lrs, loss = synthetic_curve(n=100, knee=0.1)
     loss = np.minimum(loss, 2.5)  # blows up past 0.3 ...
     late = lrs > 3.0
@@ -99,7 +100,7 @@ def test_suggestions_ignore_a_recovery_after_the_blow_up():
 
 
 def test_a_loss_that_climbs_from_the_start_asks_for_a_lower_start_lr():
-    from raycifar.lr_finder import suggest_lr_max
+    from raycifar.recipe.lr_finder import suggest_lr_max
     lrs, loss = synthetic_curve(n=100, knee=1e-5)  # the useful range lies below the sweep
     loss = loss + np.where(lrs > 3e-4, np.log10(lrs / 3e-4), 0)  # rising from step ~10 on
     for method in ("steepest", "minimum"):
@@ -148,8 +149,8 @@ def problem():
 
 def learner(model, opt, loss_fn=None):
     """What the training steps with, its One Cycle a constant LR here (the sweep replaces it)."""
-    from raycifar.engine import Learner
-    from raycifar.runtime import Runtime
+    from raycifar.recipe.engine import Learner
+    from raycifar.recipe.runtime import Runtime
 
     rt = Runtime(torch.device("cpu"))
     return Learner(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
@@ -157,7 +158,7 @@ def learner(model, opt, loss_fn=None):
 
 
 def sweep(start_lr=1e-4, end_lr=10.0, num_steps=100, **more):
-    from raycifar.config import RangeTestConfig
+    from raycifar.recipe.config import RangeTestConfig
 
     return RangeTestConfig(start_lr=start_lr, end_lr=end_lr, num_steps=num_steps, **more)
 
@@ -188,8 +189,8 @@ def test_a_sweep_longer_than_the_data_starts_each_pass_on_a_new_epoch():
     epoch: a sweep of more batches than the data holds asks for the next epoch each pass."""
     import itertools
 
-    from raycifar.batch_augment import DeviceBatches
-    from raycifar.lr_finder import _cycle
+    from raycifar.recipe.batch_augment import DeviceBatches
+    from raycifar.recipe.lr_finder import _cycle
 
     x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     db = DeviceBatches(x, np.arange(40), 16, (0.5,) * 3, (0.25,) * 3, "cpu", seed=1,
@@ -215,13 +216,13 @@ def test_nan_from_the_first_step_is_a_clear_error():
 
 
 def test_results_written_to_run_folder(tmp_path):
-    from raycifar.runs import RunFolder
+    from raycifar.store.runs import RunFolder
 
     model, opt, loader = problem()
     res = range_test(learner(model, opt), loader, sweep(1e-3, 10, 30), skip_start=3,
                      skip_end=2)
     run = RunFolder(str(tmp_path / "run"))
-    res.save(run)
+    save_range_test(run, res)
     rows = run.read_csv("lr_finder.csv", ["lr", "loss", "smoothed_loss"])
     assert len(rows) == len(res.lrs)
     info = run.read_json("lr_finder.json")
@@ -270,8 +271,8 @@ def test_the_sweep_steps_through_the_trainings_own_step(monkeypatch):
     """One step for both: whatever Learner.step does (clipping, a scaler, CUDA-graph marks)
     the range test does too, at the sweep's LR of each step; the learner's own One Cycle is
     left as it was."""
-    from raycifar.engine import Learner
-    from raycifar.lr_finder import lr_schedule
+    from raycifar.recipe.engine import Learner
+    from raycifar.recipe.lr_finder import lr_schedule
 
     seen = []
     step = Learner.step

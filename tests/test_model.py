@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from raycifar.model import CustomResNet, ResLayer, count_parameters
+from raycifar.recipe.model import CustomResNet, ResLayer, count_parameters
 
 
 def test_parameter_count_matches_spec():

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from raycifar.runs import RunFolder
-from raycifar.runs import METRIC_COLUMNS, STEP_COLUMNS
+from raycifar.store.runs import METRIC_COLUMNS, STEP_COLUMNS, RunFolder
 
 from conftest import write_folder
 from simcluster import RAY_CLI, new_cluster
@@ -186,8 +185,8 @@ def test_a_token_authenticated_cluster_is_joined_as_a_bare_ray_init_would():
     """Ray 2.60 turns token authentication on for a cluster it finds itself (no address, or
     "auto") when a token exists, and never for an address passed in: the `ray start` cluster
     of this node is joined as "auto", so the default path works with RAY_AUTH_MODE unset."""
-    from ray._private.authentication.authentication_token_generator import (
-        generate_new_authentication_token)
+    from ray._private.authentication.authentication_token_generator import \
+        generate_new_authentication_token
 
     sim = new_cluster()
     sim.token = sim.root / "auth_token"
@@ -201,7 +200,7 @@ def test_a_token_authenticated_cluster_is_joined_as_a_bare_ray_init_would():
         assert RunFolder(str(sim.root / "runs" / "token")).exists("summary.json")
         # an address given needs RAY_AUTH_MODE=token, as Ray's own tools do
         joined = subprocess.run(
-            [sys.executable, "-c", "import ray; from raycifar.connect import init_ray; "
+            [sys.executable, "-c", "import ray; from raycifar.cluster.connect import init_ray; "
              f"init_ray('{sim.gcs}'); print(int(ray.cluster_resources()['CPU']))"],
             env={**sim.driver_env(), "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
             timeout=120)

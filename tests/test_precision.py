@@ -7,9 +7,9 @@ whatever machine runs the tests; the flag reader is tested on written cpuinfo fi
 import pytest
 import torch
 
-from raycifar import runtime as engine
-from raycifar.runtime import (Runtime, cpu_auto_precision, cpu_flags, describe_precision,
-                              gpu_auto_precision, resolve_precision)
+from raycifar.recipe import runtime as engine
+from raycifar.recipe.runtime import (Runtime, cpu_auto_precision, cpu_flags, describe_precision,
+                                     gpu_auto_precision, resolve_precision)
 
 BASE_X86 = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma"
 AVX2 = frozenset(f"{BASE_X86} avx2".split())
@@ -155,11 +155,9 @@ def test_runtime_on_a_gpu_resolves_auto_and_benchmarks_cudnn(monkeypatch, capabi
 def _learner(precision):
     from torch import nn
 
-    from raycifar.engine import Learner
-    from raycifar.schedule import OneCycle
-
-    from raycifar.config import TrainConfig
-    from raycifar.engine import make_optimizer
+    from raycifar.recipe.config import TrainConfig
+    from raycifar.recipe.engine import Learner, make_optimizer
+    from raycifar.recipe.schedule import OneCycle
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
@@ -174,7 +172,7 @@ def _learner(precision):
 def test_a_checkpoint_resumes_under_another_precision(then, now):
     """`auto` can mean fp16 where the run began in fp32 or bf16 (a T4 after an A100): the
     loss scale starts afresh; the other way the scaler's state is not needed."""
-    from raycifar.state import RunClock, TrainState
+    from raycifar.recipe.state import RunClock, TrainState
 
     before = _learner(then)
     x, y = torch.randn(8, 1, 3, 4), torch.randint(0, 3, (8,))

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raycifar import predict
-from raycifar.cli import run_cli
-from raycifar.config import TrainConfig
-from raycifar.data import load_arrays
+from raycifar.cli import predict as predict_cli
+from raycifar.reading import predict
+from raycifar.cli.args import run_cli
+from raycifar.recipe.config import TrainConfig
+from raycifar.recipe.data import load_arrays
 
 
 def run(argv: list[str]) -> int:
-    return run_cli(predict.main, predict.build_parser(), argv)
+    return run_cli(predict_cli.main, predict_cli.build_parser(), argv)
 
 
 @pytest.fixture(scope="module")

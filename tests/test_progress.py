@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from raycifar.config import RaycifarError
-from raycifar.engine import Learner, train_epoch
-from raycifar.runtime import Runtime
-from raycifar.progress import ENV, EpochProgress, format_seconds, interval_seconds
-from raycifar.schedule import OneCycle
+from raycifar.recipe.config import RaycifarError
+from raycifar.recipe.engine import Learner, train_epoch
+from raycifar.recipe.progress import ENV, EpochProgress, format_seconds, interval_seconds
+from raycifar.recipe.runtime import Runtime
+from raycifar.recipe.schedule import OneCycle
 
 LINE = re.compile(r"^\[raycifar\] epoch 2/5  +(\d+)% \((\d+)/8 batches\)  (\d+) img/s  "
                   r"loss (\d+\.\d{4})  acc (\d\.\d{4})  (eta|took) \S+$")
@@ -27,7 +27,7 @@ class Stream(io.StringIO):
 
 
 def run_epoch(monkeypatch, stream, interval, batches=8):
-    import raycifar.progress as progress
+    import raycifar.recipe.progress as progress
 
     monkeypatch.setattr(progress.sys, "stdout", stream)  # EpochProgress's default stream
     g = torch.Generator().manual_seed(0)

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from raycifar.runs import RunFolder
-from raycifar.runs import METRIC_COLUMNS
-from raycifar.trainer import fit
+from raycifar.cluster.trainer import fit
+from raycifar.store.runs import METRIC_COLUMNS, RunFolder
 
 from conftest import tiny_train_config
 
@@ -42,7 +41,7 @@ def test_two_workers_train_write_the_run_folder_and_resume(tmp_path, ray_cluster
     # TensorBoard: a file per epoch over both commands, each epoch and step once
     from collections import Counter
 
-    from raycifar.tracking import read_run
+    from raycifar.store.tracking import read_run
     tb = read_run(run)
     assert sorted(s for t, s, _ in tb if t == "epoch/test_acc") == [1, 2, 3]
     assert sorted(s for t, s, _ in tb if t == "step/lr") == list(range(3 * spe))
@@ -62,7 +61,7 @@ def test_two_workers_train_write_the_run_folder_and_resume(tmp_path, ray_cluster
 
     import io
     state = torch.load(io.BytesIO(run.read_bytes("model.pt")), weights_only=True)
-    from raycifar.model import CustomResNet
+    from raycifar.recipe.model import CustomResNet
     CustomResNet(num_classes=3).load_state_dict(state)
 
 

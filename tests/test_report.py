@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from raycifar.cli import run_cli
-from raycifar.config import TrainConfig
-from raycifar.report import (GALLERY_SIZE, _summary_table, confusion_matrix, gallery_items,
-                             load_run, per_class_accuracy, triangular_curve, write_report)
-from raycifar.runs import RunFolderError
+from raycifar.cli.args import run_cli
+from raycifar.reading.report import (GALLERY_SIZE, _summary_table, confusion_matrix, gallery_items,
+                                     load_run, per_class_accuracy, triangular_curve, write_report)
+from raycifar.recipe.config import TrainConfig
+from raycifar.store.runs import RunFolderError
 
-from conftest import REPO, load_job_script, write_folder
+from conftest import REPO, write_folder
 
 RUN_FILES = ["config.json", "metrics.csv", "lr_steps.csv", "predictions.npz", "summary.json"]
 PLOTS = {"one_cycle.png", "triangular.png", "training_curves.png", "misclassified.png",
@@ -27,7 +27,7 @@ PLOTS = {"one_cycle.png", "triangular.png", "training_curves.png", "misclassifie
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """One real run, made once: Ray Train local mode (num_workers=0) runs the loop in-process."""
-    from raycifar.trainer import fit
+    from raycifar.cluster.trainer import fit
 
     tmp = tmp_path_factory.mktemp("report")
     data = write_folder(tmp / "data", n_train=8, n_test=8)
@@ -53,7 +53,7 @@ def run_copy(run_dir, tmp_path) -> Path:
     return copy
 
 
-script = load_job_script("report")
+from raycifar.cli import report as script  # noqa: E402  (jobs/report.py runs it)
 
 
 def test_default_output_folder():
@@ -111,7 +111,7 @@ def test_cli_with_lr_finder_files_plots_them_into_the_default_folder(run_copy, c
 
 
 def test_a_sweep_that_gave_no_lrs_is_drawn_unmarked_with_its_error(run_copy, tmp_path):
-    from raycifar.report import write_report
+    from raycifar.reading.report import write_report
 
     lrs = np.logspace(-4, -3, 30)
     with open(run_copy / "lr_finder.csv", "w", newline="") as f:

@@ -6,12 +6,12 @@ import os
 import pytest
 import torch
 
-from raycifar.config import ConfigError
-from raycifar.faults import Fault, from_spec
-from raycifar.model import CustomResNet
-from raycifar.resume import (CHECKPOINT_FILE, SNAPSHOT_FILE, STATE_KEYS, CheckpointError,
-                             check_resumable, latest_checkpoint)
-from raycifar.runs import DIVERGED, RunFolder, first_divergence, mark_divergence
+from raycifar.recipe.config import ConfigError
+from raycifar.recipe.faults import Fault, from_spec
+from raycifar.recipe.model import CustomResNet
+from raycifar.store.resume import (CHECKPOINT_FILE, SNAPSHOT_FILE, STATE_KEYS, CheckpointError,
+                                   check_resumable, latest_checkpoint)
+from raycifar.store.runs import DIVERGED, RunFolder, first_divergence, mark_divergence
 
 from conftest import tiny_train_config
 
@@ -133,7 +133,8 @@ def test_a_kill_fault_kills_its_process(tmp_path):
     import subprocess
     import sys
 
-    code = ("from raycifar.faults import Fault; from raycifar.model import CustomResNet; "
+    code = ("from raycifar.recipe.faults import Fault; "
+            "from raycifar.recipe.model import CustomResNet; "
             f"Fault('kill', 1, once={str(tmp_path / 'k')!r}).maybe_fire(1, 0, 0, CustomResNet(3));"
             "print('survived')")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -142,7 +143,7 @@ def test_a_kill_fault_kills_its_process(tmp_path):
 
 
 def test_the_run_clock_sums_the_commands_of_a_run_done_in_pieces(monkeypatch):
-    from raycifar import state as train
+    from raycifar.recipe import state as train
 
     now = iter([130.0, 520.0]).__next__
     monkeypatch.setattr(train.time, "perf_counter", now)
@@ -165,7 +166,7 @@ def test_compiling_may_change_on_resume_but_the_recipe_may_not(tmp_path):
 def test_a_compiled_run_saves_plain_weights(tmp_path, monkeypatch):
     """torch.compile wraps the network; model.pt (and the checkpoints, written from the same
     unwrapped module) must not carry its `_orig_mod.` prefix."""
-    from raycifar.trainer import fit
+    from raycifar.cluster.trainer import fit
 
     real = torch.compile
     compiled = []
@@ -202,7 +203,7 @@ def gpu_tagged_checkpoint(state: dict) -> bytes:
 
 
 def test_a_checkpoint_written_on_a_gpu_resumes_on_a_cpu(tmp_path):
-    from raycifar.resume import read_state
+    from raycifar.store.resume import read_state
 
     state = {"model": CustomResNet(3).state_dict(), "rng": torch.get_rng_state()}
     raw = gpu_tagged_checkpoint(state)

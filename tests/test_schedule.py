@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from raycifar.config import RaycifarError
-from raycifar.schedule import OneCycle
+from raycifar.recipe.config import RaycifarError
+from raycifar.recipe.schedule import OneCycle
 
 
 def run_scheduler(cycle: OneCycle) -> list[float]:

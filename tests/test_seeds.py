@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from raycifar.config import SearchConfig
-from raycifar.runs import RunFolder
-from raycifar.seeds import spread
-from raycifar.trials import search_plan
+from raycifar.cluster.trials import search_plan
+from raycifar.recipe.config import SearchConfig
+from raycifar.store.runs import RunFolder
+from raycifar.store.seeds import spread
 
 from conftest import tiny_train_config
 
@@ -80,7 +80,7 @@ def test_seeds_run_in_parallel_resume_and_report(tmp_path):
               ["train_loss"] for s in (0, 1)]
     assert losses[0] != losses[1]  # the seeds differ, not copies of one run
 
-    from raycifar.report import write_report
+    from raycifar.reading.report import write_report
     md = write_report(folder.uri, str(tmp_path / "report")).read_text()
     assert "2 seeds: final test accuracy" in md and "![seeds](seeds.png)" in md
     assert (tmp_path / "report" / "seeds.png").stat().st_size > 5000

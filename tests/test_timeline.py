@@ -4,7 +4,8 @@ import time
 
 import pytest
 
-from raycifar import bench_figures, timeline
+from raycifar.reading import bench_figures
+from raycifar.recipe import timeline
 
 # A command with a range test, as the driver, the trial and rank 0 would note it (seconds).
 MOMENTS = {"process": 100.0, "main": 101.5, "data": 102.5, "ray": 106.5, "trial": 109.5,

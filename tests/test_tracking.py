@@ -7,9 +7,10 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
-from raycifar.lr_finder import RangeTestResult
-from raycifar.runs import RunFolder
-from raycifar.tracking import LR_FIND_FOLDER, log_epoch, read_run
+from raycifar.recipe.lr_finder import RangeTestResult
+from raycifar.store.range_test import save_range_test
+from raycifar.store.runs import RunFolder
+from raycifar.store.tracking import LR_FIND_FOLDER, log_epoch, read_run
 
 
 def events(path):
@@ -95,8 +96,8 @@ def test_the_range_test_curve_is_written_next_to_lr_finder_csv(tmp_path):
                              smoothed=[2.3, 2.2, 2.5], curve=[2.29, 2.15, 2.6], lr_max=1e-3,
                              lr_min=1e-4, method="minimum", lr_min_rule="onset",
                              stopped_early=True)
-    result.save(RunFolder(str(tmp_path)))
-    result.save(RunFolder(str(tmp_path)))  # a second sweep replaces the first
+    save_range_test(RunFolder(str(tmp_path)), result)
+    save_range_test(RunFolder(str(tmp_path)), result)  # a second sweep replaces the first
     assert (tmp_path / "lr_finder.csv").exists()
     found, seen = scalars(tmp_path / LR_FIND_FOLDER)
     assert max(seen.values()) == 1

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from raycifar.transforms import eval_transform, train_transform
+from raycifar.recipe.transforms import eval_transform, train_transform
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from raycifar.schedule import triangular_lrs
+from raycifar.recipe.schedule import triangular_lrs
 
 
 def test_knots_base_peak_base():
@@ -39,7 +39,7 @@ def test_bad_arguments_are_refused(args):
 
 
 def test_triangle_cli_writes_the_plot_and_rejects_bad_bounds(tmp_path, capsys):
-    from raycifar.tune import main
+    from raycifar.cli.tune import cli as main
 
     out = tmp_path / "tri.png"
     assert main(["triangle", "--base-lr", "0.01", "--max-lr", "0.1", "--step-size", "10",

@@ -4,10 +4,11 @@ import time
 
 import pytest
 
-from raycifar.runs import RunFolder, RunFolderError
-from raycifar.config import RangeTestConfig, SearchConfig
-from raycifar.lrs import load_finding, matching_finding
-from raycifar.trials import candidates, lr_find, search
+from raycifar.cluster.lrs import load_finding, matching_finding
+from raycifar.cluster.trials import candidates, lr_find, search
+from raycifar.recipe.config import RangeTestConfig, SearchConfig
+from raycifar.store.range_test import save_range_test
+from raycifar.store.runs import RunFolder, RunFolderError
 
 from conftest import tiny_train_config
 
@@ -43,7 +44,7 @@ def test_lr_find_runs_as_a_tune_trial_and_writes_the_finding(tmp_path, ray_clust
     assert matching_finding(cfg.replace(batch_size=8), RangeTestConfig(**sweep)) is None
 
     # a sweep whose reading fails is kept, and the error says so
-    from raycifar.lr_finder import RangeTestError
+    from raycifar.recipe.lr_finder import RangeTestError
     flat = cfg.replace(name="tune-flat")
     with pytest.raises(RangeTestError, match=r"\(the sweep is kept in .*tune-flat/lr_finder.csv"):
         # LRs far too high: the loss only rises, so there is no onset to read LRMIN from
@@ -83,9 +84,9 @@ def test_a_sweep_kept_after_a_failed_reading_is_read_again_not_swept_again(tmp_p
                                                                           monkeypatch, capsys):
     import numpy as np
 
-    from raycifar import tune
-    from raycifar.data import load_arrays
-    from raycifar.lr_finder import RangeTestError, reread
+    from raycifar.cli import tune
+    from raycifar.recipe.data import load_arrays
+    from raycifar.recipe.lr_finder import RangeTestError, reread
 
     cfg = tiny_train_config(tmp_path, name="flat")
     sweep = {"start_lr": 1e-4, "end_lr": 1e-3, "num_steps": 30, "mode": "exp"}
@@ -95,7 +96,7 @@ def test_a_sweep_kept_after_a_failed_reading_is_read_again_not_swept_again(tmp_p
         reread(lrs, flat, lr_min_rule="onset", settings=sweep)
     n = len(load_arrays(cfg).y_train)
     caught.value.sweep.settings.update(batch_size=16, train_images=n, seed=cfg.seed)
-    caught.value.sweep.save(RunFolder(cfg.run_dir))  # what the Tune trial leaves behind
+    save_range_test(RunFolder(cfg.run_dir), caught.value.sweep)  # what the Tune trial leaves behind
     with pytest.raises(RunFolderError, match="holds no LRs: its range test could not be read "
                                              r"\(the loss never fell"):
         load_finding(cfg.run_dir)
@@ -107,11 +108,11 @@ def test_a_sweep_kept_after_a_failed_reading_is_read_again_not_swept_again(tmp_p
     argv = ["lr-find", "--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir,
             "--storage-path", cfg.storage_path, "--name", "flat", "--batch-size", "16",
             "--start-lr", "1e-4", "--end-lr", "1e-3", "--num-steps", "30"]
-    assert tune.main([*argv, "--lr-min-rule", "onset"]) == 2  # the rule that failed, again
+    assert tune.cli([*argv, "--lr-min-rule", "onset"]) == 2  # the rule that failed, again
     assert "the loss never fell" in capsys.readouterr().err
     with pytest.raises(RangeTestError, match="the loss never fell.*read from the sweep kept in"):
         matching_finding(cfg, RangeTestConfig(**sweep, lr_min_rule="onset"), train_images=n)
-    assert tune.main([*argv, "--method", "minimum", "--lr-min-rule", "div"]) == 0
+    assert tune.cli([*argv, "--method", "minimum", "--lr-min-rule", "div"]) == 0
     assert "read again, not swept again" in capsys.readouterr().out
     found = RunFolder(cfg.run_dir).read_json("lr_finder.json")
     assert found["lr_min"] == pytest.approx(found["lr_max"] / 10)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from raycifar.data import CifarArrays, TrainingData, batches_per_epoch
-from raycifar.engine import one_cycle as check_cycle, train_batches
-from raycifar.runtime import Runtime
+from raycifar.recipe.data import CifarArrays, TrainingData, batches_per_epoch
+from raycifar.recipe.engine import one_cycle as check_cycle, train_batches
+from raycifar.recipe.runtime import Runtime
 
 from conftest import tiny_train_config
 
@@ -43,7 +43,7 @@ def test_steps_per_epoch_do_not_depend_on_the_worker_count_when_the_data_splits(
 
 
 def test_too_little_data_for_the_cycle_is_found_on_the_driver(tmp_path):
-    from raycifar.config import RaycifarError
+    from raycifar.recipe.config import RaycifarError
 
     cfg = tiny_train_config(tmp_path, epochs=2, peak_epoch=1, batch_size=512)
     with pytest.raises(RaycifarError, match="One Cycle needs at least one step on each side"):

@@ -42,8 +42,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Optional
 import numpy as np
 import torch
 
-from .config import LRMAX_METHODS, LRMIN_RULES, RaycifarError, RangeTestConfig
-from .runs import LR_FINDER_COLUMNS, LR_FINDER_CSV, LR_FINDER_JSON
+from .config import LRMAX_METHODS, LRMIN_RULES, RangeTestConfig, RaycifarError
 from .state import rng_state, set_rng_state
 
 if TYPE_CHECKING:
@@ -83,14 +82,6 @@ class RangeTestResult:
         d["steps_run"] = len(self.lrs)
         return d
 
-    def save(self, run) -> None:
-        """Write `lr_finder.csv`, `lr_finder.json` and the curve as TensorBoard events
-        (tensorboard/lr-find/) into a `RunFolder`."""
-        from .tracking import log_range_test
-
-        run.write_csv(LR_FINDER_CSV, self.rows(), LR_FINDER_COLUMNS)
-        run.write_json(LR_FINDER_JSON, self.summary())
-        log_range_test(run, self.rows())
 
 
 def lr_schedule(settings: RangeTestConfig) -> np.ndarray:

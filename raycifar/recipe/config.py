@@ -282,7 +282,7 @@ class LRChoice:
     """How a run gets LRMAX and LRMIN, as the command line asked: found (`auto`: the range
     test, then the ASHA search when `search` is set), typed in (`manual`: the config's own
     lr_max/lr_min), or taken from an earlier run folder (`lr_from`). Built once from the flags
-    (lrs.lr_choice) and passed down; a resumed run keeps the LRs it started with."""
+    (cli.lr_flags.lr_choice) and passed down; a resumed run keeps the LRs it started with."""
 
     mode: str = "auto"                    # LR_MODES
     lr_from: Optional[str] = None         # an earlier run folder whose finding to reuse

@@ -21,9 +21,9 @@ from typing import Optional
 
 import numpy as np
 
-from . import runs
+from ..store import runs
+from ..store.runs import RunFolderError
 from .report import existing_run, read_columns, read_optional
-from .runs import RunFolderError
 
 
 @dataclass
@@ -51,8 +51,8 @@ def load(uri: str, predictions: str = runs.PREDICTIONS) -> Run:
     summary = read_optional(run, runs.SUMMARY, lambda: run.read_json(runs.SUMMARY))
     labels = preds = None
     if predictions != runs.PREDICTIONS and not run.exists(predictions):
-        raise RunFolderError(f"{uri}/{predictions} does not exist; write it with `python -m "
-                             f"raycifar.evaluate {uri} --data-dir ...`")
+        raise RunFolderError(f"{uri}/{predictions} does not exist; write it with "
+                             f"`raycifar evaluate {uri} --data-dir ...`")
     if run.exists(predictions):
         z = run.read_npz(predictions)
         if "labels" not in z or "preds" not in z or z["labels"].shape != z["preds"].shape:

@@ -23,14 +23,16 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import runs, timeline
-from .config import RaycifarError, RangeTestConfig, SearchConfig, TrainConfig
-from .data import TrainingData, load_arrays
-from .engine import Learner, build_model, one_cycle, train_batches
-from .lr_finder import RangeTestError, range_test
-from .runs import RunFolder
-from .runtime import Runtime
-from .seeds import seed_run_name, write_table
+from ..recipe import timeline
+from ..recipe.config import RangeTestConfig, RaycifarError, SearchConfig, TrainConfig
+from ..recipe.data import TrainingData, load_arrays
+from ..recipe.engine import Learner, build_model, one_cycle, train_batches
+from ..recipe.lr_finder import RangeTestError, range_test
+from ..recipe.runtime import Runtime
+from ..store import runs
+from ..store.range_test import save_range_test
+from ..store.runs import RunFolder
+from ..store.seeds import seed_run_name, write_table
 from .trainer import fit
 
 # What a search trial holds itself: its Train workers hold the CPUs and GPUs. Tune needs some
@@ -79,7 +81,7 @@ def range_test_trainable(config: dict, data=None) -> None:
         if e.sweep is None:  # nothing was swept: a bad setting, or NaN from the first step
             raise
         e.sweep.settings.update(about)  # the sweep cost minutes: keep it to be read again
-        e.sweep.save(RunFolder(cfg.run_dir))
+        save_range_test(RunFolder(cfg.run_dir), e.sweep)
         raise RangeTestError(f"{e} (the sweep is kept in {cfg.run_dir}/{runs.LR_FINDER_CSV}: "
                              "the same command with another --method or --lr-min-rule reads "
                              "it again without sweeping)") from None
@@ -87,7 +89,7 @@ def range_test_trainable(config: dict, data=None) -> None:
     about.update(device=str(rt.device),
                  moments={"trial": entered, "sweep": swept, "sweep_end": time.time()})
     result.settings.update(about)
-    result.save(RunFolder(cfg.run_dir))
+    save_range_test(RunFolder(cfg.run_dir), result)
 
 
 def lr_find(cfg: TrainConfig, settings: RangeTestConfig = RangeTestConfig(),
@@ -190,7 +192,7 @@ def search(cfg: TrainConfig, center: float, settings: SearchConfig = SearchConfi
 
     timeline.note("search")
 
-    from .cluster import trial_concurrency
+    from .placement import trial_concurrency
 
     plan = search_plan(cfg, center, lr_min or center / 10, settings, use_gpu, lrs)
     data = data or TrainingData.of(load_arrays(cfg))
@@ -255,7 +257,7 @@ def seeds(cfg: TrainConfig, n: int, use_gpu: bool, data: TrainingData, meta: dic
     import ray
     from ray import tune
 
-    from .cluster import trial_concurrency
+    from .placement import trial_concurrency
 
     values = [cfg.seed + k for k in range(n)]
     slots = trial_concurrency(ray.nodes(), cfg, use_gpu, n, max_concurrent, what="seeds run")
@@ -285,7 +287,7 @@ def _fit(tuner):
     Tune catches Ctrl-C itself and returns with trials unfinished: that is an interruption,
     not results to read.
     """
-    from .cluster import user_error
+    from .placement import user_error
 
     grid = tuner.fit()
     for err in grid.errors:

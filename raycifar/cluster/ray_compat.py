@@ -3,9 +3,11 @@
 Ray keeps these out of its public API, so an upgrade may move them. Each is pinned by a test
 against the installed Ray (pyproject.toml pins Ray 2.60.0), so a change shows up as a failing
 test and one function to mend here: `started_cluster_address` by tests/test_connect.py and
-tests/test_multinode.py (a driver finds a `ray start` cluster), `latest_checkpoint_dir` by
-tests/test_fault_tolerance.py (real Train runs' checkpoints found and opened),
-`nested_errors` by the fault tests whose worker errors come back as one `error:` line.
+tests/test_multinode.py (a driver finds a `ray start` cluster), `start_local_head` by every
+test that starts a local Ray, `nested_errors` by the fault tests whose worker errors come back
+as one `error:` line. The one Ray format read without Ray, Train's checkpoint snapshot file,
+is `raycifar.store.resume.latest_checkpoint_dir` (pinned by tests/test_fault_tolerance.py:
+real Train runs' checkpoints found and opened).
 """
 
 from __future__ import annotations
@@ -25,17 +27,22 @@ def started_cluster_address() -> Optional[str]:
     return read_ray_address() or None
 
 
-# Ray Train 2.60 lists a run's checkpoints in this file of the run folder; the latest one is
-# what a new fit() with the same storage path and name resumes from.
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+def start_local_head(port: int) -> None:
+    """`ray.init()` a new one-node Ray on 127.0.0.1 whose GCS listens on `port`, and give every
+    job's workers that address as RAY_ADDRESS (Ray Train's cleaner looks the cluster up by it,
+    and "auto" would be ambiguous with a second Ray on the machine). Ray reads the port from
+    RAY_GCS_SERVER_PORT when it starts a head, and the node's IP from the private
+    `_node_ip_address` (else it may pick an interface a sandbox cannot bind)."""
+    import os
 
+    import ray
 
-def latest_checkpoint_dir(run) -> Optional[str]:
-    """The name of the checkpoint folder Ray Train will resume `run` (a RunFolder) from."""
-    if not run.exists(SNAPSHOT_FILE):
-        return None
-    latest = run.read_json(SNAPSHOT_FILE).get("latest_checkpoint_result")
-    return latest["checkpoint_dir_name"] if latest else None
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        ray.init(_node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}})
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
 
 
 def nested_errors(exc: BaseException):

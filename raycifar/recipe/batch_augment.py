@@ -3,7 +3,7 @@
 `DeviceBatches` keeps the uint8 training images on the training device (GPU or CPU) once and
 yields shuffled, augmented, normalised batches from there, so no loader processes, per-image
 albumentations calls or host-to-device image copies are needed. `augment_batch` draws from the
-same distribution as `raycifar.transforms.train_transform` (albumentations 2.0.x):
+same distribution as `raycifar.recipe.transforms.train_transform` (albumentations 2.0.x):
 
 * reflect padding by `pad` (cv2.BORDER_REFLECT_101: the edge pixel is not repeated), then a crop
   back to the original size at offsets uniform over 0..2*pad (inclusive) on each axis;

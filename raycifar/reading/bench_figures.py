@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from . import timeline
+from ..recipe import timeline
 
 FIGURES = {  # key: (label, unit), in report order
     "ray": ("Ray Train loop, 1 worker", "img/s"),

@@ -17,9 +17,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import runs
-from .config import Finding
-from .runs import RunFolder, RunFolderError
+from ..recipe.config import Finding
+from ..store import runs
+from ..store.runs import RunFolder, RunFolderError
 
 METRICS = runs.METRIC_COLUMNS
 PREDICTIONS = list(runs.PREDICTION_KEYS)
@@ -117,7 +117,8 @@ def gallery_items(pred: dict[str, np.ndarray],
 
 def triangular_curve(config: dict[str, Any]) -> tuple[int, list[float]]:
     """Step size (TRIANGULAR_STEP_EPOCHS epochs of steps) and the triangular LRs."""
-    from .schedule import triangular_lrs  # torch loads only once the run folder has been read
+    from ..recipe.schedule import \
+        triangular_lrs  # torch loads only once the run folder has been read
 
     step_size = TRIANGULAR_STEP_EPOCHS * int(config["steps_per_epoch"])
     cfg = config["config"]
@@ -288,7 +289,7 @@ def draw_seeds(curves: dict[int, dict[str, np.ndarray]], path: Path) -> Path:
 def write_seeds_report(run: RunFolder, out: Path) -> Path:
     """report.md of a seeds run (`python -m raycifar.tune seeds`): the table, the spread, the
     per-seed curves and the shared range test."""
-    from .seeds import SEEDS_CSV, SEEDS_JSON, describe
+    from ..store.seeds import SEEDS_CSV, SEEDS_JSON, describe
 
     summary = run.read_json(SEEDS_JSON)
     rows = run.read_csv(SEEDS_CSV, ["seed", "run", "final_test_acc"])

@@ -17,8 +17,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import pyarrow.fs as pafs
 
-from .config import RaycifarError
-
+from ..recipe.config import RaycifarError
 
 # The run folder's schema: every file name and CSV column, in one place.
 CONFIG = "config.json"            # resolved config, version, commit, placement, data stats
@@ -217,7 +216,7 @@ def run_meta(found=None, command: Optional[list[str]] = None) -> dict:
     chosen, where from (a `config.Finding`)."""
     import sys
 
-    from . import __version__
+    from .. import __version__
 
     meta = {"version": __version__, "git_commit": git_commit(),
             "command": " ".join(sys.argv if command is None else command)}

@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by `raycifar.train` and `raycifar.tune`.
+"""Command-line plumbing shared by the commands.
 
 Flags map one to one onto `TrainConfig` fields, with the dataclass defaults, so `--help` and the
 config cannot disagree. Errors a user can fix end as one `raycifar: error: ...` line and exit 2.
@@ -12,8 +12,8 @@ import sys
 import traceback
 from typing import Callable, Optional
 
-from .config import (AUGMENTS, COMPILE_MODES, DATA_FORMATS, OPTIMIZERS, PRECISIONS,
-                     RaycifarError, TrainConfig)
+from ..recipe.config import (AUGMENTS, COMPILE_MODES, DATA_FORMATS, OPTIMIZERS, PRECISIONS,
+                             RaycifarError, TrainConfig)
 
 HELP = {
     "data_dir": "CIFAR-10 location: a cifar-10-batches-py folder or an image tree "
@@ -98,7 +98,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    from .config import resolve_storage_path
+    from ..recipe.config import resolve_storage_path
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     values["storage_path"] = resolve_storage_path(values["storage_path"])
@@ -112,7 +112,7 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
 def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
             argv: Optional[list[str]] = None) -> int:
     """Parse, run, and turn user-fixable errors into one line on stderr and exit code 2."""
-    from .logs import setup
+    from ..recipe.logs import setup
 
     args = parser.parse_args(argv)
     setup()

@@ -20,20 +20,19 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from . import runs, timeline
-from .config import TrainConfig
-from .data import TrainingData, check_hold_out, load_arrays
-from .engine import (DivergenceError, EpochResult, Learner, build_model, evaluate, one_cycle,
-                     seed_everything, test_batches, train_batches, train_epoch)
-from .faults import ENV as FAULT_ENV
-from .faults import Fault
-from .faults import from_spec as fault_from_spec
-from .logs import log, setup as setup_logging
-from .progress import interval_seconds
-from .runs import RunFolder, check_writable
-from .runtime import Runtime, describe_precision
-from .state import CHECKPOINT_FILE, RunClock, TrainState
-from .tracking import log_epoch
+from ..recipe import timeline
+from ..recipe.config import TrainConfig
+from ..recipe.data import TrainingData, check_hold_out, load_arrays
+from ..recipe.engine import (DivergenceError, EpochResult, Learner, build_model, evaluate,
+                             one_cycle, seed_everything, test_batches, train_batches, train_epoch)
+from ..recipe.faults import ENV as FAULT_ENV, Fault, from_spec as fault_from_spec
+from ..recipe.logs import log, setup as setup_logging
+from ..recipe.progress import interval_seconds
+from ..recipe.runtime import Runtime, describe_precision
+from ..recipe.state import CHECKPOINT_FILE, RunClock, TrainState
+from ..store import runs
+from ..store.runs import RunFolder, check_writable
+from ..store.tracking import log_epoch
 
 
 @dataclass(frozen=True)
@@ -363,7 +362,7 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from .cluster import check_gpu_sharing, user_error
+    from .placement import check_gpu_sharing, user_error
 
     check_gpu_sharing(cfg, use_gpu)  # the drivers check first; bench and API calls come here
     meta = meta or runs.run_meta()

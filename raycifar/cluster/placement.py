@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional
 
-from .config import RaycifarError, gpu_sharing_problem
+from ..recipe.config import RaycifarError, gpu_sharing_problem
 
 
 def is_uri(path: str) -> bool:
@@ -100,7 +100,7 @@ def check_placement(cfg, nodes: Iterable[Mapping[str, Any]], use_gpu: bool,
            f"room for {room}; lower --num-workers, --cpus-per-worker or --gpus-per-worker")
     if local:
         raise RaycifarError(msg)
-    from .logs import log
+    from ..recipe.logs import log
 
     log.warning(f"{msg} (waiting for the autoscaler)")
     return room

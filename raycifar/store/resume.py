@@ -17,11 +17,23 @@ from __future__ import annotations
 import io
 from typing import Optional
 
-
-from .config import TrainConfig
-from .ray_compat import SNAPSHOT_FILE, latest_checkpoint_dir
+from ..recipe.config import TrainConfig
+from ..recipe.state import CHECKPOINT_FILE, CheckpointError, TrainState, read_state
 from .runs import RunFolder, RunFolderError
-from .state import CHECKPOINT_FILE, CheckpointError, TrainState, read_state
+
+# Ray Train 2.60 lists a run's checkpoints in this file of the run folder; the latest one is
+# what a new fit() with the same storage path and name resumes from.
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+
+
+def latest_checkpoint_dir(run) -> Optional[str]:
+    """The name of the checkpoint folder Ray Train will resume `run` (a RunFolder) from
+    (a private format of Ray's, read here because the driver reads it without Ray)."""
+    if not run.exists(SNAPSHOT_FILE):
+        return None
+    latest = run.read_json(SNAPSHOT_FILE).get("latest_checkpoint_result")
+    return latest["checkpoint_dir_name"] if latest else None
+
 
 STATE_KEYS = TrainState.keys()
 # Settings a resumed run may change: where things are, how many processes, when to stop, and
@@ -77,7 +89,7 @@ def check_resumable(cfg: TrainConfig, num_classes: int,
     as it leaves the schedule as it was (the global batch, not the worker count, sets the steps
     per epoch, up to rounding when the images do not split evenly across workers).
     """
-    from .model import CustomResNet
+    from ..recipe.model import CustomResNet
 
     run = RunFolder(cfg.run_dir)
     name = latest_checkpoint(run)

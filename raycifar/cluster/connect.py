@@ -1,6 +1,6 @@
 """Joining a Ray cluster, or starting a local one that behaves.
 
-`init_ray` is what `raycifar.train`, `raycifar.tune` and `raycifar.bench` call before anything
+`init_ray` is what `raycifar train`, `raycifar tune` and `raycifar bench` call before anything
 touches Ray. It joins a cluster the way a bare `ray.init()` would (`--address`, `RAY_ADDRESS`,
 a `ray start` cluster on this node) and starts a local Ray only when there is none; a local
 Ray gets its own GCS port. SIGTERM is made to act like Ctrl-C so that `kill`, a scheduler or
@@ -15,7 +15,8 @@ import socket
 import threading
 from typing import Optional
 
-from .config import RaycifarError
+from ..recipe.config import RaycifarError
+from . import ray_compat
 
 
 def set_ray_env_defaults() -> None:
@@ -33,9 +34,8 @@ def cluster_to_join(address: Optional[str]) -> Optional[str]:
     workspaces); the cluster that `ray start` runs on this node. A Ray that another process
     started with `ray.init()` is never joined: it goes away with that process.
     """
-    from .ray_compat import started_cluster_address
 
-    for found in (address, os.environ.get("RAY_ADDRESS"), started_cluster_address()):
+    for found in (address, os.environ.get("RAY_ADDRESS"), ray_compat.started_cluster_address()):
         if found:
             if found.startswith(("http://", "https://")):
                 raise RaycifarError(
@@ -81,20 +81,14 @@ def init_ray(address: Optional[str]) -> bool:
                 "(`ray start --head`), pass the right --address, or `ray stop` a stale one "
                 f"so that a local Ray starts{token}") from e
     else:
-        port = free_port()
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by Ray when it starts the head
-        try:
-            ray.init(_node_ip_address="127.0.0.1",
-                     runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}})
-        finally:
-            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        ray_compat.start_local_head(free_port())
     _sigterm_like_ctrl_c()
     return bool(target)
 
 def peek(address: Optional[str]) -> tuple[Optional[str], list[dict]]:
     """The cluster a run would join (`cluster_to_join`) and its `ray.nodes()`, joined as
     `init_ray` would and left again; (None, []) where a run would start a local Ray (nothing is
-    started here). For `raycifar.doctor`."""
+    started here). For `raycifar doctor`."""
     import ray
 
     target = cluster_to_join(address)
@@ -132,7 +126,7 @@ def resolve_use_gpu(use_gpu: Optional[bool]) -> bool:
 def join_cluster(cfg, address: Optional[str]) -> bool:
     """Join (or start) Ray and check that `cfg`'s workers and storage fit the cluster; returns
     whether to train on GPUs."""
-    from .cluster import check_placement, check_shared_storage
+    from .placement import check_placement, check_shared_storage
 
     joined = init_ray(address)
     use_gpu = resolve_use_gpu(cfg.use_gpu)
