@@ -119,7 +119,7 @@ def test_modules_and_the_worker_loop_stay_short():
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text().splitlines())) >= 400}
     assert not long, f"modules of 400 lines or more: {long}"
-    loop = next(n for n in ast.walk(modules()["cluster.trainer"])
+    loop = next(n for n in ast.walk(modules()["cluster.worker"])
                 if isinstance(n, ast.FunctionDef) and n.name == "train_loop_per_worker")
     assert loop.end_lineno - loop.lineno + 1 < 40
 

@@ -48,3 +48,18 @@ def test_returns_scaled_logits_not_probabilities():
     assert la.shape == (4, 10)
     torch.testing.assert_close(lb, la * 0.125)
     assert not torch.allclose(la.sum(1), torch.ones(4))  # not a softmax
+
+
+def test_the_default_width_is_the_spec_and_others_scale_every_layer_alike():
+    from raycifar.recipe.config import TrainConfig
+
+    assert TrainConfig().width == 64
+    net = CustomResNet(10, width=16).eval()
+    x = torch.randn(2, 3, 32, 32)
+    shapes = []
+    for stage in (net.prep, net.layer1, net.layer2, net.layer3, net.pool):
+        x = stage(x)
+        shapes.append(tuple(x.shape[1:]))
+    assert shapes == [(16, 32, 32), (32, 16, 16), (64, 8, 8), (128, 4, 4), (128, 1, 1)]
+    # Convs and BN scale with width squared and width: the spec's count at width 64 only.
+    assert count_parameters(net) == 412_944

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_train_config
 
 from raycifar.cluster.trainer import fit
+from raycifar.cluster.worker import Stopped
 from raycifar.store.runs import METRIC_COLUMNS, RunFolder
-
-from conftest import tiny_train_config
 
 pytestmark = pytest.mark.ray
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.ray
 def test_two_workers_train_write_the_run_folder_and_resume(tmp_path, ray_cluster):
     cfg = tiny_train_config(tmp_path, name="t", num_workers=2, stop_after_epoch=2)
     first = fit(cfg)
-    assert first.return_value == {"stopped_after_epoch": 2}
+    assert first.return_value == Stopped(after_epoch=2)
     run = RunFolder(cfg.run_dir)
     rows = run.read_csv("metrics.csv", required=METRIC_COLUMNS)
     assert [r["epoch"] for r in rows] == ["1", "2"]

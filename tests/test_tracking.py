@@ -49,7 +49,7 @@ def epoch_rows(epoch, steps_per_epoch=3, bump=0.0):
 
 
 def record(run, epochs, bump=0.0):
-    """What trainer.record does each epoch: the epoch's row and its steps, one file."""
+    """What worker.record does each epoch: the epoch's row and its steps, one file."""
     for epoch in epochs:
         row, steps = epoch_rows(epoch, bump=bump)
         log_epoch(run, row, steps)

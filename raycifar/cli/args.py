@@ -39,6 +39,8 @@ HELP = {
     "weight_decay": "L2 weight decay (on the mean loss)",
     "label_smoothing": "label smoothing of the training cross-entropy",
     "logit_scale": "multiply the logits by this (Page's ResNet-9 uses 0.125)",
+    "width": "the prep layer's channels, the three layers 2x, 4x, 8x as many (64: the spec's "
+             "6,573,120-parameter network; a smaller one for smoke runs)",
     "precision": "autocast precision; auto = by the GPU's compute capability: bf16 on 8.0 "
                  "and later (A100, L4, H100), fp16 with loss scaling on 7.x (V100, T4), fp32 "
                  "below; on CPUs bf16 only where the CPU flags show native bf16 (avx512_bf16, "

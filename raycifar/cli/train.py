@@ -2,7 +2,7 @@
 
 Everything that can be checked without workers is checked here, before any worker starts:
 the data (read here, on the driver, and only here), the cycle it allows, the storage path, the
-cluster's room, the checkpoint a re-run resumes from. Training itself is `trainer.fit`.
+cluster's room, the checkpoint a re-run resumes from. Training itself is `cluster.trainer.fit`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Optional
 from ..cluster.connect import join_cluster
 from ..cluster.lrs import choose_lrs
 from ..cluster.trainer import driver_data, fit
+from ..cluster.worker import Stopped
 from ..recipe import timeline
 from ..recipe.config import TrainConfig
 from ..recipe.data import TrainingData
@@ -53,8 +54,8 @@ def main(args: argparse.Namespace) -> int:
         log.info(f"note: {hint}")
     meta = runs.run_meta(found)
     summary = fit_or_keep(cfg, use_gpu, meta, data, num_classes)
-    if "stopped_after_epoch" in summary:
-        log.info(f"stopped after epoch {summary['stopped_after_epoch']}; run the same command "
+    if isinstance(summary, Stopped):
+        log.info(f"stopped after epoch {summary.after_epoch}; run the same command "
                  f"without --stop-after-epoch to continue {cfg.run_dir}")
         return 0
     log.info(f"done in {time.time() - timeline.noted()['process']:.0f}s: final test accuracy "
@@ -65,8 +66,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def fit_or_keep(cfg: TrainConfig, use_gpu: bool, meta: dict, data: TrainingData,
-                num_classes: int) -> dict:
-    """fit(); on Ctrl-C or SIGTERM, say which checkpoint the next run resumes from."""
+                num_classes: int) -> "dict | Stopped":
+    """fit(): the summary, or where --stop-after-epoch stopped; on Ctrl-C or SIGTERM, say
+    which checkpoint the next run resumes from."""
     try:
         timeline.note("fit")
         result = fit(cfg, use_gpu, {**meta, "moments": timeline.noted()}, data=data)

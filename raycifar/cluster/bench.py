@@ -2,8 +2,8 @@
 
 Throughput runs two epochs of `--subset` images and times the second (warm) one, with the same
 model, global batch, precision (--precision; a GradScaler in fp16), layout and device (the GPU
-if any). The
-variants are interleaved within each repeat, so machine drift hits all alike; medians reported.
+if any). The variants are interleaved within each repeat, so machine drift hits all alike;
+medians reported.
 
 ray, ray_2workers  raycifar's worker loop under Ray Train, 1 / 2 workers (global batch split):
     the images/s it records in metrics.csv; covers the steps incl. DDP and the loop's reads of
@@ -24,8 +24,9 @@ loader_worker  images/s ONE DataLoader worker delivers through the albumentation
     on a fast GPU the plain loop only shows how fast its loader is).
 first_step  seconds from calling fit() until rank 0 is about to draw its first batch (the
     timeline's train_start + worker_data + worker_setup): controller and worker start, process
-    group, the worker's imports, data from the object store, model build; excludes starting Ray. command_to_first_step: once, from this
-    process's start to that moment in the first Ray run (imports and Ray's start included).
+    group, the worker's imports, data from the object store, model build; excludes starting
+    Ray. command_to_first_step: once, from this process's start to that moment in the first Ray
+    run (imports and Ray's start included).
 gpu_peak_*  torch.cuda.max_memory_allocated of each plain loop (Ray workers' GPUs: not seen).
 host_peak_rss_*  ru_maxrss of this process and of its largest finished child (a loader worker);
     Ray's processes are not this process's waited-for children and are not counted.

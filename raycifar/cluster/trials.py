@@ -131,7 +131,7 @@ def search_trainable(config: dict, data=None) -> None:
     trial = tune.get_context().get_trial_id()
     cfg = TrainConfig.from_dict(config["train"]).replace(
         lr_max=lr_max, lr_min=lr_min, name=f"{config['train']['name']}-trial-{trial}")
-    fit(cfg, config["use_gpu"], callbacks=[TuneReportCallback()], data=data)
+    fit(cfg, config["use_gpu"], config["meta"], callbacks=[TuneReportCallback()], data=data)
 
 
 def candidates(center: float, k: int, span: float = 4.0) -> list[float]:
@@ -203,7 +203,7 @@ def search(cfg: TrainConfig, center: float, settings: SearchConfig = SearchConfi
     tuner = tune.Tuner(
         tune.with_resources(trainable, TRIAL_DRIVER),
         param_space={"train": plan.short.to_dict(), "candidate": tune.grid_search(plan.pairs),
-                     "use_gpu": use_gpu},
+                     "use_gpu": use_gpu, "meta": runs.run_meta()},  # the driver's command line
         tune_config=tune.TuneConfig(
             # ASHA ranks by held-out loss: continuous, so no ties on a small held-out set; the
             # winner is then picked by held-out accuracy among the runs that went the distance.

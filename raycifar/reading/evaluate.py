@@ -92,7 +92,7 @@ def load_trained(uri: str, device: torch.device) -> TrainedRun:
     try:
         weights = torch.load(io.BytesIO(run.read_bytes(runs.MODEL)), map_location="cpu",
                              weights_only=True)
-        model = CustomResNet(len(classes), cfg.logit_scale)
+        model = CustomResNet(len(classes), cfg.logit_scale, cfg.width)
         model.load_state_dict(weights)
     except Exception as e:  # unpickling and key/shape errors come in many types
         raise RunFolderError(f"{uri}/model.pt does not hold this run's network for "

@@ -69,6 +69,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.2
     logit_scale: float = 0.125            # multiplies the logits (Page's ResNet-9)
+    width: int = 64                       # the prep layer's channels; the layers have 2x, 4x
+                                          # and 8x (64 is the spec's network; smaller ones
+                                          # are for smoke runs and tests)
     precision: str = "auto"               # auto | fp32 | bf16 | fp16 (autocast); auto on a
                                           # GPU by compute capability: bf16 >= 8.0, fp16 (loss
                                           # scaling) on 7.x, fp32 below; on CPUs bf16 only
@@ -193,6 +196,7 @@ def _validate(c: TrainConfig) -> list[str]:
     need(c.weight_decay >= 0, f"weight_decay={c.weight_decay} must be >= 0")
     need(0 <= c.label_smoothing < 1, f"label_smoothing={c.label_smoothing} must be in [0, 1)")
     need(c.logit_scale > 0, f"logit_scale={c.logit_scale} must be > 0")
+    need(c.width >= 1, f"width={c.width} must be >= 1")
     need(0 <= c.stop_after_epoch <= c.epochs,
          f"stop_after_epoch={c.stop_after_epoch} must be in [0, epochs={c.epochs}]")
     need(c.max_failures >= -1, f"max_failures={c.max_failures} must be >= -1 (-1 = forever)")

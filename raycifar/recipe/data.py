@@ -8,8 +8,10 @@ Three sources sit behind one option (`TrainConfig.data_format`):
 * ``folder``: an image tree ``train/<class>/*.jpg|png`` and ``test/<class>/*``.
 
 ``auto`` picks one from what ``data_dir`` holds. Class names always come from the data.
-Decoding an image tree is cached as a ``.npz`` in ``cache_dir`` so Ray workers that start after
-the driver (which validates and decodes first) load it in a fraction of a second.
+Decoding an image tree is cached as a ``.npz`` in ``cache_dir`` (keyed by every file's path,
+size and time), so the next command on it (a re-run, `evaluate`, the bench) loads it
+in a fraction of a second. Training reads the data on the driver only: Ray workers get the
+arrays from the object store (`TrainingData`), not from disk.
 """
 
 from __future__ import annotations

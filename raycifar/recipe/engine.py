@@ -1,8 +1,10 @@
 """Plain PyTorch: build what trains (model, loaders, optimizer), one step, one epoch,
 evaluation and predictions. No Ray in here.
 
-The worker loop (trainer.py), the range test (trials.py) and the bench all build their model
-and training batches with `build_model` and `train_batches`, and train with `Learner.step`.
+The worker loop (cluster/worker.py), the range test's trial (cluster/trials.py) and the bench
+build their model and training batches with `build_model` and `train_batches`, and all of them
+train with `Learner.step`: the range test's sweep (lr_finder.range_test) too, with the sweep's
+LR in place of One Cycle's.
 Both loops accept a model wrapped in DDP or not; `all_reduce_sums` combines per-rank sums when
 a torch.distributed process group exists (Ray Train sets one up), and is a no-op otherwise.
 """
@@ -60,7 +62,7 @@ class EpochResult:
 
 def build_model(cfg: TrainConfig, num_classes: int, rt: Runtime) -> nn.Module:
     """The network for `cfg`, on the runtime's device and in its memory layout."""
-    return rt.place(CustomResNet(num_classes, cfg.logit_scale))
+    return rt.place(CustomResNet(num_classes, cfg.logit_scale, cfg.width))
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module,

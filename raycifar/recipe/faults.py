@@ -1,7 +1,7 @@
 """Fault injection, for the fault-tolerance tests and for trying recovery by hand.
 
-Set ``RAYCIFAR_FAULT`` in the driver's environment; `train.fit` hands it to every worker in the
-loop config (so it works on a cluster whose workers have another environment):
+Set ``RAYCIFAR_FAULT`` in the driver's environment; `cluster.trainer.fit` hands it to every
+worker in the loop config (so it works on a cluster whose workers have another environment):
 
     RAYCIFAR_FAULT="kill:epoch=2:step=3:rank=1:once=/tmp/fired"   # SIGKILL rank 1's process
     RAYCIFAR_FAULT="nan:epoch=2:step=0:once=/tmp/fired"           # NaN into the weights

@@ -47,14 +47,18 @@ class ResLayer(nn.Module):
 
 
 class CustomResNet(nn.Module):
-    def __init__(self, num_classes: int = 10, logit_scale: float = 1.0):
+    """The spec's network at `width=64`; another width scales every layer alike (w, 2w, 4w, 8w
+    channels), for smoke runs and tests that exercise the machinery rather than the recipe."""
+
+    def __init__(self, num_classes: int = 10, logit_scale: float = 1.0, width: int = 64):
         super().__init__()
-        self.prep = conv_bn(3, 64)
-        self.layer1 = ResLayer(64, 128)
-        self.layer2 = conv_bn(128, 256, pool=True)
-        self.layer3 = ResLayer(256, 512)
+        w = width
+        self.prep = conv_bn(3, w)
+        self.layer1 = ResLayer(w, 2 * w)
+        self.layer2 = conv_bn(2 * w, 4 * w, pool=True)
+        self.layer3 = ResLayer(4 * w, 8 * w)
         self.pool = nn.MaxPool2d(4)
-        self.fc = nn.Linear(512, num_classes, bias=False)
+        self.fc = nn.Linear(8 * w, num_classes, bias=False)
         self.logit_scale = logit_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,7 @@ def check_resumable(cfg: TrainConfig, num_classes: int,
             f"workers) and this run's would have {total_steps} ({cfg.num_workers} workers): "
             f"resume with --num-workers {workers}, or {_fresh(run)}")
     try:
-        CustomResNet(num_classes, cfg.logit_scale).load_state_dict(state["model"])
+        CustomResNet(num_classes, cfg.logit_scale, cfg.width).load_state_dict(state["model"])
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise CheckpointError(f"the weights in {run.uri}/{name} do not fit this network "
