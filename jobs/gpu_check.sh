@@ -114,7 +114,7 @@ if [ "$REHEARSE" = 1 ]; then
     chmod +x "$stub/nvidia-smi"
     export PATH="$stub:$PATH"
     TINY=(--subset 60 --epochs 2 --peak-epoch 1 --batch-size 16 --cpus-per-worker 1
-          --loader-workers 0 --precision fp32 --no-channels-last)
+          --loader-workers 0 --precision fp32 --no-channels-last --width 16)
     TRAIN+=("${TINY[@]}" --num-steps 12)
     COMPILE_BENCH=(--augment gpu --repeats 1 --only plain "${TINY[@]}")
     BENCH=(--repeats 1 --only plain,plain_gpu_augment "${TINY[@]}")

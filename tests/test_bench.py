@@ -255,7 +255,7 @@ def test_whole_bench_writes_markdown_and_json_with_every_variant(tmp_path, ray_c
     argv = ["--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"), "--subset", "32",
             "--batch-size", "16", "--lr-max", "0.05", "--lr-min", "0.005",
             "--cpus-per-worker", "1", "--loader-workers", "0", "--precision", "fp32",
-            "--no-channels-last", "--no-use-gpu", "--repeats", "1",
+            "--no-channels-last", "--no-use-gpu", "--repeats", "1", "--width", "16",
             "--out", str(md), "--json", str(js)]
     # torch.compile with dynamo alone: inductor's C++ builds take minutes on two cores
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))

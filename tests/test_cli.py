@@ -148,9 +148,14 @@ def bad_inputs(tmp):
 
 @pytest.mark.ray
 def test_bad_input_is_one_line_nonzero_and_quick(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = bad_inputs(tmp_path)
+    with ThreadPoolExecutor(max_workers=3) as pool:  # each is its own process; 60 s each
+        done = dict(zip(cases, pool.map(lambda c: run_cli(*c[0], timeout=120), cases.values())))
     failures = []
-    for case, (args, message) in bad_inputs(tmp_path).items():
-        p, seconds = run_cli(*args)
+    for case, (args, message) in cases.items():
+        p, seconds = done[case]
         err_lines = [ln for ln in p.stderr.splitlines() if "error:" in ln]
         ok = (p.returncode == 2 and "Traceback" not in p.stderr and len(err_lines) == 1
               and message in err_lines[0] and seconds < 60)

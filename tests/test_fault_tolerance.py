@@ -27,7 +27,7 @@ from raycifar.recipe.faults import ENV
 from raycifar.store.resume import CHECKPOINT_FILE, CheckpointError, latest_checkpoint
 from raycifar.store.runs import METRIC_COLUMNS, RunFolder
 
-from conftest import tiny_train_config
+from conftest import TINY_WIDTH, tiny_train_config
 
 pytestmark = pytest.mark.ray
 
@@ -102,6 +102,7 @@ def test_a_corrupt_checkpoint_gets_one_line_and_exit_2(clean, tmp_path, capsys):
             "--cpus-per-worker", "1", "--epochs", "3", "--peak-epoch", "1", "--batch-size",
             "16", "--lr-max", "0.05", "--lr-min", "0.005", "--label-smoothing", "0",
             "--loader-workers", "0", "--precision", "fp32", "--no-channels-last",
+            "--width", str(TINY_WIDTH),
             "--max-failures", "1"]
     assert run_cli(main, build_parser(), argv) == 2
     # lines Ray forwards from its processes ("(TrainController pid=...)") may arrive late
@@ -133,7 +134,7 @@ def test_a_terminated_driver_resumes_on_the_next_run(tmp_path):
             cfg.cache_dir, "--storage-path", cfg.storage_path, "--name", "int",
             "--epochs", "4", "--peak-epoch", "2", "--batch-size", "16", "--lr-max", "0.05",
             "--lr-min", "0.005", "--cpus-per-worker", "1", "--loader-workers", "0",
-            "--precision", "fp32"]
+            "--precision", "fp32", "--width", str(TINY_WIDTH)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
     before = _ray_servers()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -173,7 +174,7 @@ def test_two_runs_and_a_search_at_once_end_cleanly_and_leave_nothing_behind(tmp_
     common = ["--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir, "--storage-path",
               cfg.storage_path, "--peak-epoch", "1", "--batch-size", "16",
               "--lr-max", "0.05", "--lr-min", "0.005", "--cpus-per-worker", "1",
-              "--loader-workers", "0", "--precision", "fp32"]
+              "--loader-workers", "0", "--precision", "fp32", "--width", str(TINY_WIDTH)]
     commands = {
         "a": ["raycifar.train", *common, "--epochs", "2", "--name", "a"],
         "b": ["raycifar.train", *common, "--epochs", "20", "--name", "b"],

@@ -19,7 +19,7 @@ import pytest
 
 from raycifar.store.runs import METRIC_COLUMNS, STEP_COLUMNS, RunFolder
 
-from conftest import write_folder
+from conftest import TINY_WIDTH, write_folder
 from simcluster import RAY_CLI, new_cluster
 
 pytestmark = pytest.mark.ray
@@ -46,7 +46,8 @@ def tiny_args(sim, storage: Path, name: str, *more: str) -> list[str]:
     return ["--data-dir", str(sim.forbidden / "data"), "--cache-dir",
             str(sim.forbidden / "cache"), "--epochs", "2", "--peak-epoch", "1",
             "--batch-size", "16", "--precision", "fp32", "--no-channels-last",
-            "--loader-workers", "0", "--storage-path", str(storage), "--name", name, *more]
+            "--loader-workers", "0", "--width", str(TINY_WIDTH), "--storage-path", str(storage),
+            "--name", name, *more]
 
 
 def train(sim, argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.ray
 
 
 def test_two_workers_train_write_the_run_folder_and_resume(tmp_path, ray_cluster):
-    cfg = tiny_train_config(tmp_path, name="t", num_workers=2, stop_after_epoch=2)
+    # The spec's network (not the tests' narrow one) under Ray Train, DDP and resume.
+    cfg = tiny_train_config(tmp_path, name="t", num_workers=2, stop_after_epoch=2, width=64)
     first = fit(cfg)
     assert first.return_value == Stopped(after_epoch=2)
     run = RunFolder(cfg.run_dir)

@@ -13,7 +13,7 @@ from raycifar.store.resume import (CHECKPOINT_FILE, SNAPSHOT_FILE, STATE_KEYS, C
                                    check_resumable, latest_checkpoint)
 from raycifar.store.runs import DIVERGED, RunFolder, first_divergence, mark_divergence
 
-from conftest import tiny_train_config
+from conftest import TINY_WIDTH, tiny_train_config
 
 
 def write_checkpoint(cfg, state: dict = None, raw: bytes = None, name="checkpoint_a") -> RunFolder:
@@ -21,7 +21,8 @@ def write_checkpoint(cfg, state: dict = None, raw: bytes = None, name="checkpoin
     run = RunFolder(cfg.run_dir)
     if state is None:
         state = {k: None for k in STATE_KEYS}
-        state.update(model=CustomResNet(3).state_dict(), epoch=2, config=cfg.to_dict())
+        state.update(model=CustomResNet(3, width=TINY_WIDTH).state_dict(), epoch=2,
+                     config=cfg.to_dict())
     if raw is None:
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -51,7 +52,7 @@ def test_a_good_checkpoint_gives_its_epoch(tmp_path):
 def test_a_truncated_checkpoint_is_an_error_that_says_how_to_start_fresh(tmp_path):
     cfg = tiny_train_config(tmp_path)
     buf = io.BytesIO()
-    torch.save({"model": CustomResNet(3).state_dict()}, buf)
+    torch.save({"model": CustomResNet(3, width=TINY_WIDTH).state_dict()}, buf)
     write_checkpoint(cfg, raw=buf.getvalue()[: len(buf.getvalue()) // 2])
     with pytest.raises(CheckpointError, match=r"cannot read the checkpoint .*state\.pt.*"
                                               r"start fresh with another --name"):
@@ -61,7 +62,8 @@ def test_a_truncated_checkpoint_is_an_error_that_says_how_to_start_fresh(tmp_pat
 def test_another_networks_weights_are_an_error(tmp_path):
     cfg = tiny_train_config(tmp_path)
     state = {k: None for k in STATE_KEYS}
-    state.update(model=CustomResNet(10).state_dict(), epoch=1, config=cfg.to_dict())
+    state.update(model=CustomResNet(10, width=TINY_WIDTH).state_dict(), epoch=1,
+                 config=cfg.to_dict())
     write_checkpoint(cfg, state=state)
     with pytest.raises(CheckpointError, match=r"do not fit this network \(size mismatch for "
                                               r"fc\.weight.*start fresh"):
@@ -70,7 +72,7 @@ def test_another_networks_weights_are_an_error(tmp_path):
 
 def test_a_file_that_is_not_our_checkpoint_is_an_error(tmp_path):
     cfg = tiny_train_config(tmp_path)
-    write_checkpoint(cfg, state={"weights": CustomResNet(3).state_dict()})
+    write_checkpoint(cfg, state={"weights": CustomResNet(3, width=TINY_WIDTH).state_dict()})
     with pytest.raises(CheckpointError, match=r"is not a raycifar checkpoint \(no model, "):
         check_resumable(cfg, 3)
 
@@ -100,7 +102,7 @@ def test_fault_specs_parse_and_bad_ones_are_refused():
 
 
 def test_a_nan_fault_fires_once_at_its_place(tmp_path):
-    model = CustomResNet(3)
+    model = CustomResNet(3, width=TINY_WIDTH)
     marker = tmp_path / "fired"
     fault = Fault("nan", epoch=2, step=1, once=str(marker))
     fault.maybe_fire(2, 0, 0, model)
@@ -109,7 +111,7 @@ def test_a_nan_fault_fires_once_at_its_place(tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters()) and not marker.exists()
     fault.maybe_fire(2, 1, 0, model)
     assert marker.exists() and torch.isnan(next(model.parameters())).all()
-    fresh = CustomResNet(3)
+    fresh = CustomResNet(3, width=TINY_WIDTH)
     fault.maybe_fire(2, 1, 0, fresh)  # the marker is there: a restarted worker is spared
     assert all(torch.isfinite(p).all() for p in fresh.parameters())
 
@@ -182,7 +184,7 @@ def test_a_compiled_run_saves_plain_weights(tmp_path, monkeypatch):
     assert len(compiled) == 1
     run = RunFolder(cfg.run_dir)
     weights = torch.load(io.BytesIO(run.read_bytes("model.pt")), weights_only=True)
-    CustomResNet(3).load_state_dict(weights)  # strict: the same keys, no prefix
+    CustomResNet(3, width=TINY_WIDTH).load_state_dict(weights)  # strict: the same keys, no prefix
     assert run.read_json("config.json")["config"]["compile"] is True
 
 
@@ -205,7 +207,7 @@ def gpu_tagged_checkpoint(state: dict) -> bytes:
 def test_a_checkpoint_written_on_a_gpu_resumes_on_a_cpu(tmp_path):
     from raycifar.store.resume import read_state
 
-    state = {"model": CustomResNet(3).state_dict(), "rng": torch.get_rng_state()}
+    state = {"model": CustomResNet(3, width=TINY_WIDTH).state_dict(), "rng": torch.get_rng_state()}
     raw = gpu_tagged_checkpoint(state)
     with pytest.raises(RuntimeError, match="CUDA device"):  # what a plain torch.load does
         torch.load(io.BytesIO(raw), weights_only=False)
@@ -224,7 +226,8 @@ def test_a_checkpoint_written_on_a_gpu_resumes_on_a_cpu(tmp_path):
 def test_another_worker_count_resumes_when_the_schedule_is_the_same(tmp_path):
     cfg = tiny_train_config(tmp_path, num_workers=2)
     state = {k: None for k in STATE_KEYS}
-    state.update(model=CustomResNet(3).state_dict(), epoch=2, config=cfg.to_dict(),
+    state.update(model=CustomResNet(3, width=TINY_WIDTH).state_dict(), epoch=2,
+                 config=cfg.to_dict(),
                  scheduler={"total_steps": 15})
     write_checkpoint(cfg, state)
     assert check_resumable(cfg.replace(num_workers=1), 3, total_steps=15) == 2

@@ -14,7 +14,7 @@ from raycifar.recipe.config import SearchConfig
 from raycifar.store.runs import RunFolder
 from raycifar.store.seeds import spread
 
-from conftest import tiny_train_config
+from conftest import TINY_WIDTH, tiny_train_config
 
 
 def test_short_and_full_searches_are_planned_from_the_same_grid(tmp_path):
@@ -47,7 +47,8 @@ def seeds_cli(cfg, *more: str, timeout: int = 600) -> subprocess.CompletedProces
             "--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir, "--storage-path",
             cfg.storage_path, "--name", "seeds", "--epochs", "2", "--peak-epoch", "1",
             "--batch-size", "16", "--cpus-per-worker", "1", "--loader-workers", "0",
-            "--precision", "fp32", "--no-channels-last", "--lr-max", "0.05", "--lr-min",
+            "--precision", "fp32", "--no-channels-last", "--width", str(TINY_WIDTH),
+            "--lr-max", "0.05", "--lr-min",
             "0.005", *more]
     env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)

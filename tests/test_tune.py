@@ -10,7 +10,7 @@ from raycifar.recipe.config import RangeTestConfig, SearchConfig
 from raycifar.store.range_test import save_range_test
 from raycifar.store.runs import RunFolder, RunFolderError
 
-from conftest import tiny_train_config
+from conftest import TINY_WIDTH, tiny_train_config
 
 pytestmark = pytest.mark.ray
 
@@ -107,6 +107,7 @@ def test_a_sweep_kept_after_a_failed_reading_is_read_again_not_swept_again(tmp_p
     monkeypatch.setattr(tune, "init_ray", no_ray)
     argv = ["lr-find", "--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir,
             "--storage-path", cfg.storage_path, "--name", "flat", "--batch-size", "16",
+            "--width", str(TINY_WIDTH),
             "--start-lr", "1e-4", "--end-lr", "1e-3", "--num-steps", "30"]
     assert tune.cli([*argv, "--lr-min-rule", "onset"]) == 2  # the rule that failed, again
     assert "the loss never fell" in capsys.readouterr().err
