@@ -8,6 +8,7 @@ import torch
 
 from raycifar.recipe.batch_augment import DeviceBatches, augment_batch, mean_fill, normalise
 from raycifar.recipe.transforms import eval_transform, train_transform
+from raycifar.recipe.sharding import GlobalBatches
 
 CPU = torch.device("cpu")
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -236,80 +237,67 @@ def batches(db: DeviceBatches):
     return [(xb.clone(), yb.clone()) for xb, yb in db]
 
 
-def test_len_and_each_index_once_per_epoch():
+def device_batches(x, y, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                   **options) -> DeviceBatches:
+    return DeviceBatches(x, y, GlobalBatches(len(y), batch_size, seed, rank, world), MEAN, STD,
+                         CPU, **options)
+
+
+def test_full_batches_only_and_each_index_at_most_once_per_epoch():
     x, y = indexed(10)
-    db = DeviceBatches(x, y, 4, MEAN, STD, CPU, seed=0)
-    assert len(db) == 3
+    db = device_batches(x, y, 4, seed=0)
+    assert len(db) == 2
     out = batches(db)
-    assert [len(b[1]) for b in out] == [4, 4, 2]
-    seen = torch.cat([b[1] for b in out])
-    assert sorted(seen.tolist()) == list(range(10))
+    assert [len(b[1]) for b in out] == [4, 4]
+    seen = torch.cat([b[1] for b in out]).tolist()
+    assert len(set(seen)) == 8 and set(seen) <= set(range(10))
     assert out[0][0].dtype == torch.float32 and out[0][0].shape == (4, 3, 32, 32)
     assert out[0][1].dtype == torch.int64
 
 
-def test_drop_last_gives_only_full_batches_as_a_dataloader_would():
-    x, y = indexed(10)
-    db = DeviceBatches(x, y, 4, MEAN, STD, CPU, seed=0, drop_last=True)
-    assert len(db) == 2 and [len(b[1]) for b in batches(db)] == [4, 4]
-    loader = torch.utils.data.DataLoader(list(range(10)), batch_size=4, drop_last=True)
-    assert len(db) == len(loader)
-
-
-@pytest.mark.parametrize("n,world", [(11, 2), (10, 2), (3, 4), (2, 5)])
-def test_sharding_matches_distributed_sampler(n, world):
-    from torch.utils.data import DistributedSampler
-
+@pytest.mark.parametrize("n,batch,world", [(11, 4, 2), (10, 5, 3), (40, 8, 4), (9, 3, 3)])
+def test_the_ranks_split_each_global_batch_whatever_their_number(n, batch, world):
     x, y = indexed(n)
-    union = []
     for epoch in (0, 3):
+        alone = device_batches(x, y, batch, seed=5)
+        alone.set_epoch(epoch)
+        parts = []
         for rank in range(world):
-            db = DeviceBatches(x, y, 2, MEAN, STD, CPU, seed=5, rank=rank, world_size=world)
+            db = device_batches(x, y, batch, seed=5, rank=rank, world=world)
             db.sampler.set_epoch(epoch)
-            got = torch.cat([b for _, b in db]).tolist()
-            ref = DistributedSampler(list(range(n)), num_replicas=world, rank=rank, shuffle=True,
-                                     seed=5, drop_last=False)
-            ref.set_epoch(epoch)
-            assert got == list(ref)
-            assert len(got) == -(-n // world) and len(db) == -(-len(got) // 2)
-            union += got
-    assert set(union) == set(range(n))
-
-
-def test_two_ranks_are_disjoint_apart_from_padding_and_cover_everything():
-    x, y = indexed(11)
-    a, b = (torch.cat([yb for _, yb in DeviceBatches(x, y, 4, MEAN, STD, CPU, seed=1, rank=r,
-                                                     world_size=2)]).tolist() for r in (0, 1))
-    assert len(a) == len(b) == 6
-    assert set(a) | set(b) == set(range(11))
-    assert len(set(a) & set(b)) == 1              # the one wrapped-around padding sample
+            assert len(db) == len(alone) == n // batch
+            parts.append([b.tolist() for _, b in db])
+        for step, (_, whole) in enumerate(alone):  # the ranks' slices, in rank order
+            assert sum((p[step] for p in parts), []) == whole.tolist()
+            assert max(map(len, (p[step] for p in parts))) - min(
+                map(len, (p[step] for p in parts))) <= 1
 
 
 def test_epochs_reshuffle_and_seeds_reproduce():
     x, y = indexed(64)
-    db = DeviceBatches(x, y, 16, MEAN, STD, CPU, seed=3)
+    db = device_batches(x, y, 16, seed=3)
     e0 = batches(db)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(e0, batches(db)))
     db.set_epoch(1)
     e1 = batches(db)
     assert torch.cat([b[1] for b in e0]).tolist() != torch.cat([b[1] for b in e1]).tolist()
-    again = DeviceBatches(x, y, 16, MEAN, STD, CPU, seed=3)
+    again = device_batches(x, y, 16, seed=3)
     again.set_epoch(1)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(e1, batches(again)))
-    other = DeviceBatches(x, y, 16, MEAN, STD, CPU, seed=4)
+    other = device_batches(x, y, 16, seed=4)
     assert torch.cat([b[1] for b in e0]).tolist() != torch.cat([yb for _, yb in other]).tolist()
 
 
 def test_labels_stay_with_their_images():
     x, y = indexed(300)
     # No augmentation: exactly eval_transform's output of the indexed image.
-    for xb, yb in DeviceBatches(x, y, 64, MEAN, STD, CPU, seed=0, augment=False):
+    for xb, yb in device_batches(x, y, 64, seed=0, augment=False):
         want = torch.stack([eval_transform(MEAN, STD)(image=x[i])["image"] for i in yb.tolist()])
         torch.testing.assert_close(xb, want, rtol=1e-5, atol=1e-5)
     # With crop/flip (no cutout) constant images stay constant: decode the index back.
     std = torch.tensor(STD).view(1, 3, 1, 1)
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    for xb, yb in DeviceBatches(x, y, 64, MEAN, STD, CPU, seed=0, cutout_p=0.0):
+    for xb, yb in device_batches(x, y, 64, seed=0, cutout_p=0.0):
         pix = torch.round((xb * std + mean) * 255).to(torch.int64)
         assert (pix == pix[:, :, :1, :1]).all()
         assert torch.equal(pix[:, 0, 0, 0] + 200 * pix[:, 1, 0, 0], yb)
@@ -317,7 +305,7 @@ def test_labels_stay_with_their_images():
 
 def test_augmented_batches_have_one_mean_hole_each_and_channels_last():
     x, y = indexed(40)
-    db = DeviceBatches(x, y, 16, MEAN, STD, CPU, seed=0, channels_last=True)
+    db = device_batches(x, y, 16, seed=0, channels_last=True)
     for xb, _ in db:
         assert xb.is_contiguous(memory_format=torch.channels_last)
         near_zero = (xb.abs() < 0.01).all(1)       # the mean fill normalises to ~0

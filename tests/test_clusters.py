@@ -560,8 +560,8 @@ def test_training_commands_are_accepted_by_the_cli(path):
 def test_a_bad_command_would_be_caught():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--num-wrkers", "4"])
-    with pytest.raises(ConfigError, match="cannot be split"):
-        config_from_args(build_parser().parse_args(["--num-workers", "3"]))
+    with pytest.raises(ConfigError, match="cannot give each of num_workers=3 an image"):
+        config_from_args(build_parser().parse_args(["--num-workers", "3", "--batch-size", "2"]))
     assert training_commands(CLUSTERS / "aws.yaml")[0][-2:] == ["--name", "aws-4xa10g"]
 
 

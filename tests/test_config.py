@@ -12,8 +12,10 @@ def test_defaults_are_the_spec():
 @pytest.mark.parametrize("changes, message", [
     ({"lr_min": 0.5, "lr_max": 0.4}, "lr_min=0.5 must be below lr_max=0.4; swap them"),
     ({"peak_epoch": 24}, "peak_epoch=24 must be in [1, epochs-1=23]"),
-    ({"batch_size": 512, "num_workers": 3},
-     "batch_size=512 cannot be split evenly across num_workers=3; use a batch size divisible"),
+    ({"batch_size": 2, "num_workers": 3},
+     "batch_size=2 cannot give each of num_workers=3 an image; use fewer workers"),
+    ({"num_workers": 2, "min_workers": 3}, "min_workers=3 must be between 0 (a fixed size) and "
+                                           "num_workers=2"),
     ({"precision": "fp8"}, "precision='fp8' is not one of"),
     ({"compile_mode": "max-autotune-no-cudagraphs"}, "compile_mode='max-autotune-no-cudagraphs' "
                                                      "is not one of"),

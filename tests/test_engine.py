@@ -160,13 +160,14 @@ def test_a_training_epoch_reads_the_device_once_per_fifty_steps(monkeypatch, pro
     from raycifar.recipe.batch_augment import DeviceBatches
     from raycifar.recipe.config import TrainConfig
     from raycifar.recipe.engine import READ_EVERY, make_optimizer
+    from raycifar.recipe.sharding import GlobalBatches
 
     steps = 3 * READ_EVERY + 7
     rng = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (steps * 4, 8, 8, 3), dtype=torch.uint8, generator=rng).numpy()
     y = (x[..., 0].mean((1, 2)) > 127).astype("int64")
-    loader = DeviceBatches(x, y, 4, [0.5] * 3, [0.25] * 3, torch.device("cpu"), seed=0,
-                           pad=2, cutout=2)
+    loader = DeviceBatches(x, y, GlobalBatches(len(y), 4, seed=0), [0.5] * 3, [0.25] * 3,
+                           torch.device("cpu"), pad=2, cutout=2)
     model = tiny_model()
     model[1] = nn.Linear(192, 2)
     rt = Runtime(torch.device("cpu"), precision)

@@ -31,7 +31,7 @@ def test_reproduces_the_runs_accuracy_and_predictions_on_its_own_data(trained_ru
     assert 0 < summary["final_test_acc"] < 1  # the tiny run gets some wrong: a real check
 
     assert run([str(trained_run)]) == 0
-    assert "final_test_acc 0.6667: reproduced" in capsys.readouterr().out
+    assert f"final_test_acc {summary['final_test_acc']:.4f}: reproduced" in capsys.readouterr().out
     figures, pred = read(trained_run, "test")  # written into the run folder by default
     assert figures["accuracy"] == summary["final_test_acc"]  # exactly (CPU, fp32)
     assert figures["images"] == summary["test_images"] == 12  # the run's subset, not all 24

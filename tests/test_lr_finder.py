@@ -191,12 +191,13 @@ def test_a_sweep_longer_than_the_data_starts_each_pass_on_a_new_epoch():
 
     from raycifar.recipe.batch_augment import DeviceBatches
     from raycifar.recipe.lr_finder import _cycle
+    from raycifar.recipe.sharding import GlobalBatches
 
     x = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
-    db = DeviceBatches(x, np.arange(40), 16, (0.5,) * 3, (0.25,) * 3, "cpu", seed=1,
-                       drop_last=True)
+    db = DeviceBatches(x, np.arange(40), GlobalBatches(40, 16, seed=1), (0.5,) * 3, (0.25,) * 3,
+                       "cpu")
     epochs = []
-    db.set_epoch = lambda e, _set=db.set_epoch: (epochs.append(e), _set(e))
+    db.plan.set_epoch = lambda e, _set=db.plan.set_epoch: (epochs.append(e), _set(e))
     seen = [y for _, y in itertools.islice(_cycle(db), 7)]
     assert epochs == [0, 1, 2, 3] and all(len(y) == 16 for y in seen)  # 2 full batches a pass
     assert torch.cat(seen[0:2]).tolist() != torch.cat(seen[2:4]).tolist()  # reshuffled

@@ -14,14 +14,18 @@ def test_no_biases_in_convs_or_fc():
             assert m.bias is None
 
 
-def test_shapes_through_each_stage():
-    net = CustomResNet().eval()
-    x = torch.randn(2, 3, 32, 32)
-    shapes = []
+def stage_shapes(net: CustomResNet) -> list[tuple[int, ...]]:
+    """The (channels, height, width) after each stage, for two 32x32 images."""
+    x, shapes = torch.randn(2, 3, 32, 32), []
     for stage in (net.prep, net.layer1, net.layer2, net.layer3, net.pool):
         x = stage(x)
         shapes.append(tuple(x.shape[1:]))
-    assert shapes == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 1, 1)]
+    return shapes
+
+
+def test_shapes_through_each_stage():
+    assert stage_shapes(CustomResNet().eval()) == [(64, 32, 32), (128, 16, 16), (256, 8, 8),
+                                                   (512, 4, 4), (512, 1, 1)]
 
 
 def test_conv_then_pool_then_bn_order():
@@ -55,11 +59,7 @@ def test_the_default_width_is_the_spec_and_others_scale_every_layer_alike():
 
     assert TrainConfig().width == 64
     net = CustomResNet(10, width=16).eval()
-    x = torch.randn(2, 3, 32, 32)
-    shapes = []
-    for stage in (net.prep, net.layer1, net.layer2, net.layer3, net.pool):
-        x = stage(x)
-        shapes.append(tuple(x.shape[1:]))
-    assert shapes == [(16, 32, 32), (32, 16, 16), (64, 8, 8), (128, 4, 4), (128, 1, 1)]
+    assert stage_shapes(net) == [(16, 32, 32), (32, 16, 16), (64, 8, 8), (128, 4, 4),
+                                 (128, 1, 1)]
     # Convs and BN scale with width squared and width: the spec's count at width 64 only.
     assert count_parameters(net) == 412_944

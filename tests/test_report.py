@@ -37,8 +37,8 @@ def run_dir(tmp_path_factory) -> Path:
         (data / "test" / "cat" / f"{i:04d}.png").rename(data / "test" / "dog" / f"cat{i}.png")
     cfg = TrainConfig(data_dir=str(data), cache_dir=str(tmp / "cache"),
                       storage_path=str(tmp / "runs"), name="tiny", epochs=2, peak_epoch=1,
-                      batch_size=16, lr_max=0.2, lr_min=0.02, num_workers=0, cpus_per_worker=1,
-                      loader_workers=0, precision="fp32", channels_last=False)
+                      batch_size=8, lr_max=0.2, lr_min=0.02, num_workers=0, cpus_per_worker=1,
+                      loader_workers=0, precision="fp32", channels_last=False, width=16)
     fit(cfg)
     return Path(cfg.run_dir)
 
@@ -210,7 +210,7 @@ def test_fewer_than_25_mistakes_are_all_shown_and_said(run_copy, tmp_path):
 def test_triangular_curve_uses_the_runs_lrs_and_two_epochs_per_step(run_dir):
     config = load_run(str(run_dir)).config
     step_size, lrs = triangular_curve(config)
-    assert step_size == 2 * config["steps_per_epoch"] == 4  # 24 images / batch 16
+    assert step_size == 2 * config["steps_per_epoch"] == 6  # 24 images / batch 8
     assert lrs[0] == pytest.approx(0.02) and lrs[step_size] == pytest.approx(0.2)
     assert len(lrs) == 3 * 2 * step_size + 1 and lrs[-1] == pytest.approx(0.02)
 

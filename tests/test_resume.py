@@ -231,8 +231,8 @@ def test_another_worker_count_resumes_when_the_schedule_is_the_same(tmp_path):
                  scheduler={"total_steps": 15})
     write_checkpoint(cfg, state)
     assert check_resumable(cfg.replace(num_workers=1), 3, total_steps=15) == 2
-    assert check_resumable(cfg.replace(num_workers=4), 3, total_steps=15) == 2
-    with pytest.raises(CheckpointError, match=r"One Cycle of 15 steps \(2 workers\) and this "
-                                              r"run's would have 18 \(8 workers\): resume with "
-                                              r"--num-workers 2, or start fresh"):
+    assert check_resumable(cfg.replace(num_workers=4, min_workers=1), 3, total_steps=15) == 2
+    with pytest.raises(CheckpointError, match=r"One Cycle of 15 steps and this run's would have "
+                                              r"18 \(other data or another batch size\): start "
+                                              r"fresh"):
         check_resumable(cfg.replace(num_workers=8), 3, total_steps=18)

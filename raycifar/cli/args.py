@@ -55,7 +55,12 @@ HELP = {
     "seed": "random seed",
     "stop_after_epoch": "stop after this epoch (checkpointed); run the same --name again to "
                         "continue (0 = train to the end)",
-    "num_workers": "Ray Train workers (0 = run in this process without a cluster)",
+    "num_workers": "Ray Train workers (0 = run in this process without a cluster); MIN-MAX "
+                   "(e.g. 2-4) runs elastic: it starts once MIN fit, goes on with the workers "
+                   "left when a node is lost, and grows back to MAX when room returns",
+    "min_workers": "an elastic run's fewest workers (0 = a fixed size; --num-workers MIN-MAX "
+                   "sets both)",
+    "resize_seconds": "elastic runs: seconds between Ray's looks for room to grow",
     "cpus_per_worker": "CPUs each worker reserves (torch uses this many threads)",
     "gpus_per_worker": "GPUs each worker reserves when training on GPUs; a fraction (0.25) "
                        "packs the workers of several search or seed trials onto one GPU",
@@ -65,8 +70,22 @@ HELP = {
     "shared_storage": "--storage-path is a folder every node mounts at the same path (NFS, a "
                       "ReadWriteMany volume); allows a local path on a multi-node cluster",
     "name": "run name; a re-run with the same name resumes from its last checkpoint",
-    "max_failures": "restart the worker group this many times after a failure (-1 = always)",
+    "max_failures": "restart the worker group this many times after a worker or node dies (-1 "
+                    "= always; default: 3 for an elastic run, else 0); preemptions with notice "
+                    "are retried apart from these",
 }
+def worker_count(text: str):
+    """`--num-workers`: N, or MIN-MAX for an elastic run (a (min, max) pair)."""
+    low, sep, high = text.partition("-")
+    try:
+        return (int(low), int(high)) if sep else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N or MIN-MAX (e.g. 4 or 2-4)")
+
+
+# Flags whose type the dataclass default cannot tell.
+TYPES = {"num_workers": worker_count, "max_failures": int}
+
 CHOICES = {"data_format": DATA_FORMATS, "optimizer": OPTIMIZERS, "precision": PRECISIONS,
            "augment": AUGMENTS, "compile_mode": COMPILE_MODES}
 
@@ -93,7 +112,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=default, help=HELP[f.name])
             continue
-        kind = {int: int, float: float}.get(type(default), str)
+        kind = TYPES.get(f.name) or {int: int, float: float}.get(type(default), str)
         parser.add_argument(flag, dest=f.name, type=kind, default=default, action=_StoreGiven,
                             choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES
                             else f.name.upper(), help=HELP[f.name] + " (default: %(default)s)")
@@ -104,6 +123,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     values["storage_path"] = resolve_storage_path(values["storage_path"])
+    if isinstance(values["num_workers"], tuple):  # --num-workers MIN-MAX
+        values["min_workers"], values["num_workers"] = values["num_workers"]
     return TrainConfig(**values)
 
 

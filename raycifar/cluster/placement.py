@@ -94,9 +94,11 @@ def check_placement(cfg, nodes: Iterable[Mapping[str, Any]], use_gpu: bool,
     nodes = list(nodes)
     need = cfg.worker_resources(use_gpu)
     room = placeable_workers(nodes, need)
-    if room >= cfg.num_workers:
+    fewest = cfg.min_workers if cfg.elastic else cfg.num_workers
+    if room >= fewest:
         return room
-    msg = (f"{cfg.num_workers} workers of {shape(need)} each cannot be placed: the cluster has "
+    what = f"an elastic run's {fewest}" if cfg.elastic else str(fewest)
+    msg = (f"{what} workers of {shape(need)} each cannot be placed: the cluster has "
            f"room for {room}; lower --num-workers, --cpus-per-worker or --gpus-per-worker")
     if local:
         raise RaycifarError(msg)

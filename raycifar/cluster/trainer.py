@@ -60,10 +60,12 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
             cfg.to_dict(), data, meta, fault=os.environ.get(FAULT_ENV),
             # read (and checked) here: workers on a cluster have another env
             progress_seconds=interval_seconds())},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=(cfg.min_workers, cfg.num_workers) if cfg.elastic else cfg.num_workers,
+            use_gpu=use_gpu, resources_per_worker=resources,
+            elastic_resize_monitor_interval_s=cfg.resize_seconds),
         run_config=RunConfig(name=cfg.name, storage_path=cfg.storage_path,
-                             failure_config=FailureConfig(max_failures=cfg.max_failures),
+                             failure_config=FailureConfig(max_failures=cfg.failures_allowed),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              callbacks=callbacks),
     )

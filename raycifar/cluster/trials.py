@@ -65,7 +65,7 @@ def range_test_trainable(config: dict, data=None) -> None:
     rt = Runtime.on(device, cfg.precision, cfg.channels_last)
     # fed as the training will be: with --augment gpu from the images held on the trial's
     # device (a loader on the trial's CPUs would set a GPU's pace), else albumentations
-    loader = train_batches(cfg, data, rt, drop_last=True)
+    loader = train_batches(cfg, data, rt)
     # the training's own learner (optimizer, loss scaler, loss, step); the sweep's LRs take
     # its One Cycle's place
     learner = Learner.build(cfg, build_model(cfg, len(data.arrays.classes), rt), len(loader), rt)

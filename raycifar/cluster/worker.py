@@ -24,12 +24,14 @@ from ..recipe import timeline
 from ..recipe.config import TrainConfig
 from ..recipe.data import TrainingData
 from ..recipe.engine import (DivergenceError, EpochResult, Learner, build_model, evaluate,
-                             seed_everything, test_batches, train_batches, train_epoch)
+                             seed_everything, set_epoch, test_batches, train_batches,
+                             train_epoch)
 from ..recipe.faults import Fault, from_spec as fault_from_spec
 from ..recipe.logs import log, setup as setup_logging
 from ..recipe.runtime import Runtime, describe_precision
 from ..recipe.state import CHECKPOINT_FILE, RunClock, TrainState
 from ..store import runs
+from ..store.resume import latest_checkpoint, mark_done
 from ..store.runs import RunFolder
 from ..store.tracking import log_epoch
 
@@ -56,7 +58,6 @@ class Worker:
     data: TrainingData
     loop: LoopConfig                      # what fit() passed
     run: Optional[RunFolder]              # rank 0 writes the run folder; the others do not
-    data_rng: torch.Generator = field(default_factory=torch.Generator)  # the loader's shuffle
     placement: list[dict] = field(default_factory=list)
     clock: RunClock = field(default_factory=RunClock)
     moments: dict = field(default_factory=dict)  # rank 0's part of timeline's moments
@@ -89,7 +90,7 @@ def train_loop_per_worker(config: dict) -> "dict | Stopped":
     import ray.train.torch
 
     w = start_worker(config)
-    batches = train_batches(w.cfg, w.data, w.rt, w.rank, w.world, w.data_rng)
+    batches = train_batches(w.cfg, w.data, w.rt, w.rank, w.world)
     batches = (batches if w.cfg.augment == "gpu" else                   # Ray: to the device
                ray.train.torch.prepare_data_loader(batches, add_dist_sampler=False))
     model = ray.train.torch.prepare_model(                              # Ray: device + DDP
@@ -154,7 +155,7 @@ def start_worker(config: dict) -> Worker:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     w = Worker(cfg, rank, world, Runtime.on(device, cfg.precision, cfg.channels_last), data,
                loop, RunFolder(cfg.run_dir) if rank == 0 else None,
-               torch.Generator().manual_seed(cfg.seed), placement(rank, world, device))
+               placement=placement(rank, world, device))
     w.moments.update(worker=entered, worker_data=time.time())
     if rank == 0:
         log.info(describe_precision(cfg.precision, device))
@@ -181,23 +182,33 @@ def placement(rank: int, world: int, device: torch.device) -> list[dict]:
 
 
 def restore(w: Worker, learner: Learner) -> Progress:
-    """Go on from the last checkpoint if Ray has one (a re-run, or a restart after a failure);
-    a fresh run writes config.json instead."""
+    """Go on from the last checkpoint (a re-run, or a restart after a failure): Ray's, or a
+    later one complete on storage that Ray had not registered when its node died
+    (`resume.latest_checkpoint`); a fresh run writes config.json instead."""
     import ray.train
 
-    diverged = runs.first_divergence(RunFolder(w.cfg.run_dir))  # any rank may have marked one
+    shared = RunFolder(w.cfg.run_dir)
+    diverged = runs.first_divergence(shared)  # any rank may have marked one
     if diverged is not None:  # Ray restarted us after one: do not train into it again
         raise DivergenceError(diverged["message"], diverged["step"])
     checkpoint = ray.train.get_checkpoint()                             # Ray: resume?
-    if not checkpoint:
+    registered = os.path.basename(checkpoint.path.rstrip("/")) if checkpoint else None
+    name = latest_checkpoint(shared, registered)
+    if name is None:
         if w.run is not None:
             w.run.write_json(runs.CONFIG, config_record(w, learner))
         return Progress()
-    with checkpoint.as_directory() as d:
-        state = TrainState.load(os.path.join(d, CHECKPOINT_FILE), w.rt.device)
-    w.clock = state.restore(learner, w.data_rng, w.cfg.run_dir)
+    if name == registered:
+        with checkpoint.as_directory() as d:
+            state = TrainState.load(os.path.join(d, CHECKPOINT_FILE), w.rt.device)
+    else:
+        state = TrainState.load(io.BytesIO(shared.read_bytes(f"{name}/{CHECKPOINT_FILE}")),
+                                w.rt.device)
+    w.clock = state.restore(learner, w.cfg.run_dir)
     if w.rank == 0:
-        log.info(f"resuming {w.cfg.name} after epoch {state.epoch}")
+        unregistered = "" if name == registered else f" ({name}: whole, not registered by Ray)"
+        log.info(f"resuming {w.cfg.name} after epoch {state.epoch} on {w.world} worker(s)"
+                 f"{unregistered}")
     history, steps = (runs.read_history(w.run, state.epoch) if w.run is not None else ([], []))
     return Progress(state.epoch, history, steps, state.train_seconds, state.eval_seconds,
                     state.record_seconds)
@@ -214,9 +225,7 @@ def config_record(w: Worker, learner: Learner) -> dict:
 
 def train_one_epoch(w: Worker, learner: Learner, batches, epoch: int) -> EpochResult:
     """One epoch with this epoch's augmentation seed; a divergence is flagged for restarts."""
-    sampler = getattr(batches, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)                                        # reshuffle the shards
+    set_epoch(batches, epoch)                                 # this epoch's global batches
     # albumentations draws from its own generator, seeded from OS entropy unless told; a seed
     # per (epoch, rank) makes runs repeatable and a resumed epoch redo the same crops (loader
     # processes re-seed their copy from torch's per-worker seed instead).
@@ -251,7 +260,7 @@ def record(w: Worker, learner: Learner, done: Progress, epoch: int, result: Epoc
         test_loss=ev["loss"], test_acc=ev["accuracy"], test_acc_plain=ev["accuracy_plain"],
         epoch_seconds=result.seconds,
         # every rank saw the same number of images in about the same time
-        images_per_second=result.images / result.seconds))
+        images_per_second=result.images / result.seconds, world_size=w.world))
     done = Progress(epoch, done.history + [row], done.steps + [asdict(s) for s in result.steps],
                     done.train_seconds + result.seconds, done.eval_seconds + ev["seconds"],
                     done.record_seconds)
@@ -269,11 +278,12 @@ def record(w: Worker, learner: Learner, done: Progress, epoch: int, result: Epoc
     # The checkpoint counts the files written so far, not its own saving (still going on).
     seconds = {**done.seconds(), "record_seconds": done.record_seconds
                + time.perf_counter() - start}
-    state = TrainState.capture(epoch, learner, w.data_rng, seconds, w.clock, w.cfg.to_dict())
+    state = TrainState.capture(epoch, learner, seconds, w.clock, w.cfg.to_dict())
     # Uploaded off the training path: Ray copies the folder to the storage path in the
     # background (and deletes it then) while the next epoch trains.
     folder = tempfile.mkdtemp(prefix="raycifar-checkpoint-")
     state.save(folder)
+    mark_done(folder, epoch)
     ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(folder),  # Ray: barrier
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
     done.record_seconds += time.perf_counter() - start
@@ -322,6 +332,8 @@ def summarize(w: Worker, done: Progress, final_acc: float, test_images: int) -> 
         "epochs": len(done.history), **w.clock.state(), **done.seconds(),
         "images_per_second": images / done.train_seconds if done.train_seconds else 0.0,
         "workers": w.world, "device": str(device),
+        # an elastic run's sizes, epoch by epoch (rows of an older run have none)
+        "world_sizes": [h.get("world_size") for h in done.history],
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else f"cpu x{torch.get_num_threads()} threads"),
         "precision": w.rt.precision, "tta": w.cfg.tta, "lr_min": w.cfg.lr_min,

@@ -47,7 +47,7 @@ class Run:
 
 def load(uri: str, predictions: str = runs.PREDICTIONS) -> Run:
     run = existing_run(uri)
-    metrics = read_columns(run, runs.METRICS, runs.METRIC_COLUMNS)
+    metrics = read_columns(run, runs.METRICS, runs.REQUIRED_METRICS)
     summary = read_optional(run, runs.SUMMARY, lambda: run.read_json(runs.SUMMARY))
     labels = preds = None
     if predictions != runs.PREDICTIONS and not run.exists(predictions):

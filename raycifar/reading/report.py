@@ -21,7 +21,7 @@ from ..recipe.config import Finding
 from ..store import runs
 from ..store.runs import RunFolder, RunFolderError
 
-METRICS = runs.METRIC_COLUMNS
+METRICS = runs.REQUIRED_METRICS  # the columns every metrics.csv has
 PREDICTIONS = list(runs.PREDICTION_KEYS)
 GALLERY_SIZE = 25
 TRIANGULAR_CYCLES = 3
@@ -117,8 +117,8 @@ def gallery_items(pred: dict[str, np.ndarray],
 
 def triangular_curve(config: dict[str, Any]) -> tuple[int, list[float]]:
     """Step size (TRIANGULAR_STEP_EPOCHS epochs of steps) and the triangular LRs."""
-    from ..recipe.schedule import \
-        triangular_lrs  # torch loads only once the run folder has been read
+    # torch loads only once the run folder has been read
+    from ..recipe.schedule import triangular_lrs
 
     step_size = TRIANGULAR_STEP_EPOCHS * int(config["steps_per_epoch"])
     cfg = config["config"]

@@ -26,6 +26,8 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .sharding import GlobalBatches
+
 FloatSeq = Union[Sequence[float], torch.Tensor]
 
 
@@ -117,23 +119,19 @@ class DeviceBatches:
     """Shuffled, augmented, normalised training batches from images held on `device`.
 
     Drop-in for the training DataLoader: iterate for (x float32 NCHW, y int64) batches already on
-    `device`; `len()` is the batches per epoch for this rank; call `set_epoch` before each epoch
-    (also reachable as ``.sampler.set_epoch``, which is what the training loop looks for).
-    Sharding matches torch's DistributedSampler (shuffle=True, drop_last=False): a permutation
-    from seed + epoch, wrapped to a multiple of `world_size`, and rank r takes every
-    world_size-th index from r. `drop_last` drops the last, partial batch (as a DataLoader's).
+    `device`, this rank's slice of each of the epoch's global batches (`plan`, a
+    `sharding.GlobalBatches`); `len()` is the steps per epoch; call `set_epoch` before each
+    epoch (also reachable as ``.sampler.set_epoch``).
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, mean: Sequence[float],
-                 std: Sequence[float], device: torch.device, seed: int, rank: int = 0,
-                 world_size: int = 1, pad: int = 4, cutout: int = 8, cutout_p: float = 1.0,
-                 augment: bool = True, channels_last: bool = False, drop_last: bool = False):
+    def __init__(self, x: np.ndarray, y: np.ndarray, plan: GlobalBatches, mean: Sequence[float],
+                 std: Sequence[float], device: torch.device, pad: int = 4, cutout: int = 8,
+                 cutout_p: float = 1.0, augment: bool = True, channels_last: bool = False):
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
             raise ValueError(f"x must be uint8 (N, H, W, 3), got {x.dtype} {x.shape}")
-        if len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"need as many labels as images (and some): {len(x)} vs {len(y)}")
-        if batch_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"bad batch_size={batch_size} or rank={rank}/world_size={world_size}")
+        if len(x) != len(y) or len(x) != plan.n:
+            raise ValueError(f"need as many labels as images, as the plan says: {len(x)} vs "
+                             f"{len(y)} vs {plan.n}")
         self.device = torch.device(device)
         # Stored once: uint8 NCHW images (a quarter of float32's memory) and int64 labels.
         # Copied as stored (HWC), then laid out as NCHW on the device.
@@ -142,52 +140,35 @@ class DeviceBatches:
         hwc = torch.from_numpy(np.require(x, requirements=["C", "W"])).to(self.device)
         self.images = hwc.permute(0, 3, 1, 2).contiguous()
         self.labels = torch.from_numpy(np.asarray(y).astype(np.int64)).to(self.device)
-        self.batch_size, self.seed = batch_size, seed
-        self.rank, self.world_size = rank, world_size
+        self.plan = plan
         self.pad, self.cutout, self.cutout_p = pad, cutout, cutout_p
         self.augment, self.channels_last = augment, channels_last
-        self.drop_last = drop_last
-        self.epoch = 0
         # Per-channel constants built once on the device (no host copies per batch).
         self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device)
         self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device)
         self.fill = torch.tensor(mean_fill(mean), dtype=torch.uint8, device=self.device)
-        n = len(x)
-        self.num_samples = math.ceil(n / world_size)      # per rank, as DistributedSampler
-        self.total_size = self.num_samples * world_size
 
     @property
     def sampler(self) -> "DeviceBatches":
-        # The training loop calls `loader.sampler.set_epoch(epoch)` when it exists.
         return self
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.plan.set_epoch(epoch)
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def indices(self) -> torch.Tensor:
-        """This rank's sample indices for the current epoch (on the device)."""
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(len(self.labels), generator=g)       # CPU: identical on all ranks
-        perm = perm.repeat(math.ceil(self.total_size / len(perm)))[: self.total_size]
-        return perm[self.rank:self.total_size:self.world_size].to(self.device)
+        return len(self.plan)
 
     def _generator(self) -> Optional[torch.Generator]:
         if not self.augment:
             return None
         g = torch.Generator(device=self.device)
-        g.manual_seed(_derived_seed(self.seed, self.epoch, self.rank))
+        g.manual_seed(_derived_seed(self.plan.seed, self.plan.epoch, self.plan.start))
         return g
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx = self.indices()
+        steps = self.plan.rank_indices().to(self.device)  # one copy per epoch, not per step
         gen = self._generator()
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            b = idx[start:start + self.batch_size]
+        for b in steps:
             xb = self.images[b]
             if gen is not None:
                 xb = augment_batch(xb, gen, self.pad, self.cutout, self.fill, self.cutout_p)

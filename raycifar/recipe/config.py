@@ -86,7 +86,10 @@ class TrainConfig:
     stop_after_epoch: int = 0             # >0: stop after this epoch; re-run the name to go on
 
     # --- Ray ---
-    num_workers: int = 1
+    num_workers: int = 1                  # workers; an elastic run's most
+    min_workers: int = 0                  # >0: elastic, from min_workers to num_workers as the
+                                          # cluster has room (CLI: --num-workers MIN-MAX)
+    resize_seconds: float = 60.0          # elastic: how often Ray looks for room to grow
     cpus_per_worker: int = 2
     gpus_per_worker: float = 1.0          # on GPUs; below 1 packs workers (of several trials)
                                           # onto one GPU: this network uses ~1 GB of it
@@ -94,7 +97,10 @@ class TrainConfig:
     storage_path: str = "~/raycifar_runs" # absolute path or URI (s3://, gs://)
     shared_storage: bool = False          # a local storage_path every node mounts (NFS)
     name: str = "cifar10-onecycle"
-    max_failures: int = 0                 # whole-group restarts before giving up
+    max_failures: Optional[int] = None    # restarts after a worker or node dies before giving
+                                          # up (-1 = forever); None: ELASTIC_FAILURES for an
+                                          # elastic run, else 0. Preemptions (a node drained
+                                          # with notice) are retried apart from these, always
 
     def __post_init__(self) -> None:
         problems = _validate(self)
@@ -112,6 +118,18 @@ class TrainConfig:
             raise ConfigError([f"unknown config key(s) {unknown}; known keys: {sorted(known)}"])
         return cls(**values)
 
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers > 0
+
+    @property
+    def failures_allowed(self) -> int:
+        """Ray's max_failures for this run: as set, else a few for an elastic run (a lost node
+        is worth a restart on the nodes left; a bug is not worth many), none for a fixed one."""
+        if self.max_failures is not None:
+            return self.max_failures
+        return ELASTIC_FAILURES if self.elastic else 0
+
     def worker_resources(self, use_gpu: bool) -> dict[str, float]:
         """What each Train worker (and the range test's trial) reserves on the cluster."""
         return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if use_gpu else {})}
@@ -123,6 +141,9 @@ class TrainConfig:
     def run_dir(self) -> str:
         """`<storage_path>/<name>`, the folder every output of this run goes to."""
         return self.storage_path.rstrip("/") + "/" + self.name
+
+
+ELASTIC_FAILURES = 3
 
 
 def resolve_storage_path(path: str) -> str:
@@ -174,9 +195,9 @@ def _validate(c: TrainConfig) -> list[str]:
     need(c.batch_size >= 1, f"batch_size={c.batch_size} must be >= 1")
     need(c.num_workers >= 0, f"num_workers={c.num_workers} must be >= 0 (0 = in-process)")
     if c.num_workers >= 1 and c.batch_size >= 1:
-        need(c.batch_size % c.num_workers == 0,
-             f"batch_size={c.batch_size} cannot be split evenly across num_workers="
-             f"{c.num_workers}; use a batch size divisible by the worker count")
+        need(c.batch_size >= c.num_workers,
+             f"batch_size={c.batch_size} cannot give each of num_workers={c.num_workers} an "
+             "image; use fewer workers or a larger batch")
     need(c.cpus_per_worker >= 1, f"cpus_per_worker={c.cpus_per_worker} must be >= 1")
     need(0 < c.gpus_per_worker <= 1 or float(c.gpus_per_worker).is_integer(),
          f"gpus_per_worker={c.gpus_per_worker} must be a fraction in (0, 1] (workers sharing "
@@ -199,7 +220,12 @@ def _validate(c: TrainConfig) -> list[str]:
     need(c.width >= 1, f"width={c.width} must be >= 1")
     need(0 <= c.stop_after_epoch <= c.epochs,
          f"stop_after_epoch={c.stop_after_epoch} must be in [0, epochs={c.epochs}]")
-    need(c.max_failures >= -1, f"max_failures={c.max_failures} must be >= -1 (-1 = forever)")
+    need(c.max_failures is None or c.max_failures >= -1,
+         f"max_failures={c.max_failures} must be >= -1 (-1 = forever)")
+    need(0 <= c.min_workers <= max(c.num_workers, 0),
+         f"min_workers={c.min_workers} must be between 0 (a fixed size) and num_workers="
+         f"{c.num_workers}")
+    need(c.resize_seconds > 0, f"resize_seconds={c.resize_seconds} must be > 0")
     need(bool(c.name) and "/" not in c.name,
          f"name={c.name!r} must be a non-empty folder name without '/'")
     return p

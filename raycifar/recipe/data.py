@@ -17,7 +17,6 @@ arrays from the object store (`TrainingData`), not from disk.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -122,11 +121,10 @@ def check_hold_out(n: int, train_images: int) -> None:
                         "lower --validation (--holdout for the LR search)")
 
 
-def batches_per_epoch(train_images: int, batch_size: int, world_size: int) -> int:
-    """Optimizer steps per epoch: each of `world_size` ranks takes ceil(N / world) images
-    (as DistributedSampler and `DeviceBatches` split them) in batches of batch/world."""
-    per_rank = math.ceil(train_images / max(world_size, 1))
-    return math.ceil(per_rank / (batch_size // max(world_size, 1)))
+def batches_per_epoch(train_images: int, batch_size: int) -> int:
+    """Optimizer steps per epoch: full global batches only, at any world size
+    (`sharding.GlobalBatches`)."""
+    return train_images // batch_size
 
 
 def resolve_format(data_dir: Optional[str], data_format: str) -> str:

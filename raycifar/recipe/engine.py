@@ -30,6 +30,7 @@ from .model import CustomResNet
 from .progress import EpochProgress
 from .runtime import Runtime
 from .schedule import OneCycle
+from .sharding import GlobalBatches
 from .transforms import eval_transform, train_transform
 
 
@@ -112,15 +113,18 @@ class Learner:
     def bare(self) -> nn.Module:
         return unwrap(self.model)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on a batch already on the device; (loss, logits)."""
+    def step(self, x: torch.Tensor, y: torch.Tensor,
+             weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on a batch already on the device; (mean loss, logits). The
+        gradient is taken of `weight` x the mean loss: this rank's share of an unevenly split
+        global batch (`sharding.loss_weight`; 1 when the split is even)."""
         if self.graphs:  # a new step: the last replay's outputs are read, its memory reusable
             torch.compiler.cudagraph_mark_step_begin()
         with self.rt.autocast():
             out = self.model(x)
             loss = self.loss_fn(out, y)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss if weight == 1.0 else loss * weight).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -145,29 +149,37 @@ def _seed_loader_worker(worker_id: int) -> None:
 
 
 def train_batches(cfg: TrainConfig, data: TrainingData, rt: Runtime, rank: int = 0,
-                  world: int = 1, generator: Optional[torch.Generator] = None,
-                  drop_last: bool = False):
-    """This rank's training batches, shuffled by `cfg.seed`.
+                  world: int = 1):
+    """This rank's slices of the epoch's global batches (`sharding.GlobalBatches`: shuffled by
+    `cfg.seed` and the epoch, the same at any world size; call `set_epoch`).
 
     `augment=gpu`: `DeviceBatches`, the data on the device, augmented batch-wise there.
-    Otherwise albumentations per image in `cfg.loader_workers` processes. Its sampler is ours:
-    the one Ray's prepare_data_loader would add shuffles with seed 0 whatever --seed says. One
-    worker keeps torch's RandomSampler, driven by `generator`. The range test drops the last,
-    partial batch (`drop_last`): every step of its sweep sees a full batch.
+    Otherwise albumentations per image in `cfg.loader_workers` processes; the batch sampler is
+    ours (the sampler Ray's prepare_data_loader would add shuffles with seed 0 whatever --seed
+    says, and splits by world size).
     """
     a = data.arrays
+    plan = GlobalBatches(len(a.y_train), cfg.batch_size, cfg.seed, rank, world)
     if cfg.augment == "gpu":
-        return DeviceBatches(a.x_train, a.y_train, cfg.batch_size // world, data.mean, data.std,
-                             rt.device, cfg.seed, rank, world, channels_last=rt.channels_last,
-                             drop_last=drop_last)
+        return DeviceBatches(a.x_train, a.y_train, plan, data.mean, data.std, rt.device,
+                             channels_last=rt.channels_last)
     dataset = ArrayDataset(a.x_train, a.y_train, train_transform(data.mean, data.std))
-    sampler = (torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank,
-                                                   shuffle=True, seed=cfg.seed)
-               if world > 1 else None)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size // world, shuffle=sampler is None, sampler=sampler,
-        num_workers=cfg.loader_workers, worker_init_fn=_seed_loader_worker,
-        generator=generator, pin_memory=rt.device.type == "cuda", drop_last=drop_last)
+        dataset, batch_sampler=plan, num_workers=cfg.loader_workers,
+        worker_init_fn=_seed_loader_worker, pin_memory=rt.device.type == "cuda")
+
+
+def batch_plan(batches) -> Optional[GlobalBatches]:
+    """The `GlobalBatches` behind training batches (a DataLoader's or `DeviceBatches`')."""
+    plan = getattr(batches, "batch_sampler", None) or getattr(batches, "plan", None)
+    return plan if isinstance(plan, GlobalBatches) else None
+
+
+def set_epoch(batches, epoch: int) -> None:
+    """Draw `epoch`'s global batches (a no-op for batches without a plan)."""
+    plan = batch_plan(batches)
+    if plan is not None:
+        plan.set_epoch(epoch)
 
 
 def test_batches(data: TrainingData, rank: int = 0, world: int = 1,
@@ -188,11 +200,11 @@ def test_batches(data: TrainingData, rank: int = 0, world: int = 1,
 
 
 def one_cycle(cfg: TrainConfig, train_images: int) -> OneCycle:
-    """The run's One Cycle for `train_images` split across its workers; built on the driver
-    too, so that too little data for it is one error line there, not a traceback from every
-    worker."""
+    """The run's One Cycle for `train_images` (its steps do not depend on the worker count);
+    built on the driver too, so that too little data for it is one error line there, not a
+    traceback from every worker."""
     return OneCycle(cfg.lr_min, cfg.lr_max, cfg.epochs, cfg.peak_epoch,
-                    batches_per_epoch(train_images, cfg.batch_size, max(cfg.num_workers, 1)))
+                    batches_per_epoch(train_images, cfg.batch_size))
 
 
 # ----------------------------------------------------------------------------- running
@@ -273,6 +285,8 @@ def train_epoch(learner: Learner, loader: Iterable, *, epoch: int = 1,
                 step=first_step + at)
         return figures[:3]
 
+    plan = batch_plan(loader)
+    weight = plan.weight if plan is not None else 1.0
     synchronize(device)
     start = time.perf_counter()
     figures = [0.0, 0.0, 0.0]
@@ -282,7 +296,7 @@ def train_epoch(learner: Learner, loader: Iterable, *, epoch: int = 1,
         x, y = learner.rt.batch(x, y)
         group = learner.optimizer.param_groups[0]
         steps.append(Step(first_step + i, epoch, float(group["lr"]), _momentum(group)))
-        loss, out = learner.step(x, y)
+        loss, out = learner.step(x, y, weight)
         with torch.no_grad():  # all on the device: nothing here waits for it
             loss = loss.detach()
             loss_sum += loss.double() * y.shape[0]

@@ -37,16 +37,14 @@ import dataclasses
 import itertools
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
 
 from .config import LRMAX_METHODS, LRMIN_RULES, RangeTestConfig, RaycifarError
+from .engine import Learner, set_epoch
 from .state import rng_state, set_rng_state
-
-if TYPE_CHECKING:
-    from .engine import Learner
 
 DEFAULT_METHOD = RangeTestConfig.method          # the defaults of `train` and `tune` too
 DEFAULT_LR_MIN_RULE = RangeTestConfig.lr_min_rule
@@ -330,11 +328,10 @@ def reread(lrs: list[float], losses: list[float], *, method: str = DEFAULT_METHO
 
 
 def _cycle(loader: Iterable):
-    """The loader's batches, pass after pass; a loader with `set_epoch` (DeviceBatches) is told
-    each pass's number, so a sweep longer than the data reshuffles and re-augments."""
+    """The loader's batches, pass after pass; each pass draws that pass's global batches, so a
+    sweep longer than the data reshuffles (and re-augments)."""
     for n in itertools.count():
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(n)
+        set_epoch(loader, n)
         empty = True
         for batch in loader:
             empty = False

@@ -72,7 +72,6 @@ class TrainState:
     optimizer: dict
     scheduler: dict
     scaler: dict
-    loader_rng: torch.Tensor      # the training loader's shuffle generator
     rng: dict                     # torch, numpy and Python global RNGs
     epoch: int                    # the last epoch finished; metrics.csv and lr_steps.csv hold
                                   # its history (runs.read_history), not the checkpoint
@@ -88,22 +87,22 @@ class TrainState:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def capture(cls, epoch: int, learner, loader_rng: torch.Generator, seconds: dict,
-                clock: RunClock, config: dict) -> "TrainState":
+    def capture(cls, epoch: int, learner, seconds: dict, clock: RunClock,
+                config: dict) -> "TrainState":
         """The state after `epoch` of a `engine.Learner` (its unwrapped network's weights)."""
         return cls(model=learner.bare.state_dict(), optimizer=learner.optimizer.state_dict(),
                    scheduler=learner.scheduler.state_dict(), scaler=learner.scaler.state_dict(),
-                   loader_rng=loader_rng.get_state(), rng=rng_state(), epoch=epoch,
+                   rng=rng_state(), epoch=epoch,
                    **seconds, config=config, **clock.state())
 
-    def restore(self, learner, loader_rng: torch.Generator, where: str = "") -> RunClock:
-        """Put this state into `learner`, the loader's generator and the global RNGs; returns
-        the run's clock, counting on from the commands before."""
+    def restore(self, learner, where: str = "") -> RunClock:
+        """Put this state into `learner` and the global RNGs (the batches follow from the seed
+        and the epoch); returns the run's clock, counting on from the commands before."""
         then, now = self.scheduler["total_steps"], learner.scheduler.total_steps
         if then != now:  # the driver checks this first (resume.check_resumable); Tune's fits
             raise CheckpointError(  # do not go through it
-                f"{where}: the checkpoint's One Cycle has {then} steps, this run's {now}; resume "
-                "with the worker count it had, or start fresh with another --name")
+                f"{where}: the checkpoint's One Cycle has {then} steps, this run's {now} (other "
+                "data or another batch size); start fresh with another --name")
         learner.bare.load_state_dict(self.model)
         # load_state_dict brings back the saved groups' `fused`/`foreach`; this run's optimizer
         # keeps its own (fused in fp16 only: an fp32 checkpoint resumed in fp16 must stay fused)
@@ -117,7 +116,6 @@ class TrainState:
             learner.scaler.load_state_dict(self.scaler)  # a disabled scaler ignores it
         # else: an fp32/bf16 checkpoint resumed in fp16 (`auto` on another GPU): the loss
         # scale starts afresh, as it does at a run's start; it settles within a few steps
-        loader_rng.set_state(self.loader_rng.cpu())
         set_rng_state(self.rng)
         return RunClock(before=self.wall_seconds, commands=self.commands + 1)
 

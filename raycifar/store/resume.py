@@ -15,6 +15,8 @@ the same NaN again. A new command clears them.
 from __future__ import annotations
 
 import io
+import json
+import os
 from typing import Optional
 
 from ..recipe.config import TrainConfig
@@ -36,21 +38,59 @@ def latest_checkpoint_dir(run) -> Optional[str]:
 
 
 STATE_KEYS = TrainState.keys()
+DONE_FILE = "done.json"  # beside CHECKPOINT_FILE: the epoch, the file's size and SHA-256
 # Settings a resumed run may change: where things are, how many processes, when to stop, and
 # whether the same network is torch.compile'd.
 MAY_CHANGE = {"data_dir", "data_format", "cache_dir", "loader_workers", "num_workers",
               "cpus_per_worker", "gpus_per_worker", "use_gpu", "storage_path", "shared_storage",
-              "name",
-              "max_failures", "stop_after_epoch", "compile", "compile_mode"}
+              "name", "max_failures", "stop_after_epoch", "compile", "compile_mode",
+              "min_workers", "resize_seconds"}
 
 
-def latest_checkpoint(run: RunFolder) -> Optional[str]:
-    """The checkpoint folder Ray will resume from, or None for a fresh start."""
+def latest_checkpoint(run: RunFolder, registered: Optional[str] = "snapshot") -> Optional[str]:
+    """The checkpoint folder a run resumes from, or None for a fresh start: the one Ray
+    registered last (`registered`; by default read from Ray's snapshot file), unless a later
+    epoch's checkpoint is complete on storage without being registered (its node died between
+    the upload and Ray's bookkeeping). A registered one is trusted as it is (if it is damaged,
+    resuming says so); an unregistered one counts only if `checkpoint_done` proves it whole."""
+    if registered == "snapshot":
+        try:
+            registered = latest_checkpoint_dir(run)
+        except (RunFolderError, AttributeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{run.uri}/{SNAPSHOT_FILE} is unreadable ({e}); "
+                                  f"{_fresh(run)}") from e
+    after = _marked_epoch(run, registered) if registered else 0
+    later = [(epoch, name) for name in run.list_folders()
+             if name.startswith("checkpoint_") and name != registered
+             and (epoch := _marked_epoch(run, name)) is not None and epoch > (after or 0)
+             and checkpoint_done(run, name)]
+    return max(later)[1] if later else registered
+
+
+def mark_done(folder: str, epoch: int) -> None:
+    """Write DONE_FILE beside a saved CHECKPOINT_FILE in a local `folder`: the epoch and the
+    state file's size, by which a copy on storage is known to be whole (an upload cut off by
+    a dying node leaves a shorter file, or none; hashing 50 MB each epoch would cost more than
+    an H200's epoch takes to train a tenth of)."""
+    size = os.path.getsize(os.path.join(folder, CHECKPOINT_FILE))
+    with open(os.path.join(folder, DONE_FILE), "w") as f:
+        json.dump({"epoch": epoch, "bytes": size}, f)
+
+
+def checkpoint_done(run: RunFolder, name: str) -> bool:
+    """Whether checkpoint folder `name` holds the whole state file its DONE_FILE describes."""
     try:
-        return latest_checkpoint_dir(run)
-    except (RunFolderError, AttributeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{run.uri}/{SNAPSHOT_FILE} is unreadable ({e}); "
-                              f"{_fresh(run)}") from e
+        done = run.read_json(f"{name}/{DONE_FILE}")
+    except RunFolderError:
+        return False
+    return run.size(f"{name}/{CHECKPOINT_FILE}") == done.get("bytes")
+
+
+def _marked_epoch(run: RunFolder, name: str) -> Optional[int]:
+    try:
+        return int(run.read_json(f"{name}/{DONE_FILE}")["epoch"])
+    except (RunFolderError, KeyError, TypeError, ValueError):
+        return None  # no mark (a checkpoint written before marks, or one still uploading)
 
 
 def _fresh(run: RunFolder) -> str:
@@ -85,9 +125,8 @@ def check_resumable(cfg: TrainConfig, num_classes: int,
                     total_steps: Optional[int] = None) -> Optional[int]:
     """The epoch a re-run of `cfg` resumes after (None: a fresh start), or CheckpointError.
 
-    `total_steps` is the length of this run's One Cycle. Another worker count is fine as long
-    as it leaves the schedule as it was (the global batch, not the worker count, sets the steps
-    per epoch, up to rounding when the images do not split evenly across workers).
+    `total_steps` is the length of this run's One Cycle. Another worker count is fine: the
+    global batches, and so the steps, do not depend on it (`recipe.sharding`).
     """
     from ..recipe.model import CustomResNet
 
@@ -103,11 +142,9 @@ def check_resumable(cfg: TrainConfig, num_classes: int,
                               f"or {_fresh(run)}")
     then = total_steps if total_steps is None else state["scheduler"]["total_steps"]
     if then != total_steps:
-        workers = state["config"].get("num_workers")
         raise CheckpointError(
-            f"{cfg.run_dir} was checkpointed with a One Cycle of {then} steps ({workers} "
-            f"workers) and this run's would have {total_steps} ({cfg.num_workers} workers): "
-            f"resume with --num-workers {workers}, or {_fresh(run)}")
+            f"{cfg.run_dir} was checkpointed with a One Cycle of {then} steps and this run's "
+            f"would have {total_steps} (other data or another batch size): {_fresh(run)}")
     try:
         CustomResNet(num_classes, cfg.logit_scale, cfg.width).load_state_dict(state["model"])
     except RuntimeError as e:

@@ -47,9 +47,12 @@ class EpochRow:
     test_acc_plain: float       # without TTA
     epoch_seconds: float        # the training steps only
     images_per_second: float    # every rank's images per second of steps
+    world_size: int             # the workers that trained the epoch (elastic runs vary)
 
 
 METRIC_COLUMNS = [f.name for f in dataclasses.fields(EpochRow)]
+# What a metrics.csv must have to be read: runs written before `world_size` lack it.
+REQUIRED_METRICS = [c for c in METRIC_COLUMNS if c != "world_size"]
 # The row's fields a search reads back from Tune (ASHA's metric, the search table)
 RANK_BY, TABULATE = "test_loss", "test_acc"
 STEP_COLUMNS = ["step", "epoch", "lr", "momentum"]
@@ -63,9 +66,10 @@ def read_history(run: "RunFolder", upto_epoch: int) -> tuple[list[dict], list[di
     checkpoint holds neither: a resumed run rebuilds them from here; rows of a later epoch
     whose checkpoint was lost are dropped, and that epoch is trained again)."""
     def typed(row: dict, ints: tuple[str, ...]) -> dict:
-        return {k: int(v) if k in ints else float(v) for k, v in row.items()}
+        return {k: None if v in ("", None) else int(v) if k in ints else float(v)
+                for k, v in row.items()}
 
-    history = [typed(r, ("epoch",)) for r in run.read_csv(METRICS, METRIC_COLUMNS)]
+    history = [typed(r, ("epoch", "world_size")) for r in run.read_csv(METRICS, REQUIRED_METRICS)]
     steps = [typed(r, ("step", "epoch")) for r in run.read_csv(STEPS, STEP_COLUMNS)]
     return ([h for h in history if h["epoch"] <= upto_epoch],
             [s for s in steps if s["epoch"] <= upto_epoch])
@@ -90,6 +94,11 @@ class RunFolder:
         info = self.fs.get_file_info(self._path(name) if name else self.root)
         return info.type != pafs.FileType.NotFound
 
+    def size(self, name: str) -> Optional[int]:
+        """A file's size in bytes; None if it is not there."""
+        info = self.fs.get_file_info(self._path(name))
+        return info.size if info.type == pafs.FileType.File else None
+
     def write_bytes(self, name: str, data: bytes) -> None:
         folder, _, base = name.rpartition("/")
         self.fs.create_dir(self._path(folder) if folder else self.root, recursive=True)
@@ -108,6 +117,12 @@ class RunFolder:
         """The names of the files directly under <run>/<folder>, sorted ([] if none)."""
         infos = self.fs.get_file_info(pafs.FileSelector(self._path(folder), allow_not_found=True))
         return sorted(i.base_name for i in infos if i.is_file and not i.base_name.startswith("."))
+
+    def list_folders(self, folder: str = "") -> list[str]:
+        """The names of the folders directly under <run>/<folder> (or the run), sorted."""
+        infos = self.fs.get_file_info(pafs.FileSelector(
+            self._path(folder) if folder else self.root, allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
     def delete_folder(self, folder: str) -> None:
         """Remove a folder and everything in it if it is there."""

@@ -30,7 +30,7 @@ def seed_row(storage_path: str, name: str, seed: int) -> Optional[dict[str, Any]
     if not run.exists(runs.SUMMARY):
         return None
     s = run.read_json(runs.SUMMARY)
-    metrics = run.read_csv(runs.METRICS, runs.METRIC_COLUMNS)
+    metrics = run.read_csv(runs.METRICS, runs.REQUIRED_METRICS)
     plain = [float(r["test_acc_plain"]) for r in metrics]
     return {"seed": seed, "run": run.uri, "final_test_acc": s["final_test_acc"],
             "best_test_acc": s["best_test_acc"], "final_test_acc_plain": plain[-1],
