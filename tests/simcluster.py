@@ -129,7 +129,9 @@ class SimCluster:
     dashboard: str = ""
     forbidden: Path = field(init=False)
     nodes: list[str] = field(default_factory=list)  # the custom resource naming each node
+    killed: list[str] = field(default_factory=list)  # nodes kill_node took down
     token: Optional[Path] = None  # a token file: the cluster and its drivers use token auth
+    env: dict = field(default_factory=dict)  # more environment for the nodes (Ray's config)
 
     def __post_init__(self):
         self.forbidden = self.root / "driver-only"  # workers may not open anything here
@@ -161,7 +163,7 @@ class SimCluster:
                 "RAY_enable_worker_prestart": "0",
                 **({"RAY_AUTH_MODE": "token"} if self.token is not None else {}),
                 "RAYCIFAR_TEST_FORBID": str(self.forbidden),
-                "RAYCIFAR_TEST_FORBID_LOG": str(self.forbidden_log)}
+                "RAYCIFAR_TEST_FORBID_LOG": str(self.forbidden_log), **self.env}
 
     def _start(self, args: list[str], name: str, cpus: int, gpus: float = 0) -> None:
         agent_http, agent_grpc, metrics, env_agent = free_ports(4)
@@ -194,7 +196,21 @@ class SimCluster:
         # otherwise): nodes sharing one would each forward every worker's log lines.
         name = f"sim_node_{len(self.nodes)}"
         self._start(["--address", self.gcs, "--temp-dir", str(self.root / name)], name, cpus)
-        self.wait_for_nodes(len(self.nodes))
+        self.wait_for_nodes(len(self.nodes) - len(self.killed))
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL every process of a worker node (its raylet, agents and Ray workers), as a
+        reclaimed spot instance or a power cut would: nothing is told, nothing cleans up."""
+        assert name != "sim_node_0", "the head hosts the driver; kill a worker node"
+        psutil = _psutil()
+        procs = own_processes(str(self.root / name))
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        self.killed.append(name)
 
     def alive_nodes(self) -> dict[str, str]:
         """node id -> the custom resource that names it, for the alive nodes."""
@@ -218,6 +234,6 @@ class SimCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def new_cluster() -> SimCluster:
+def new_cluster(**options) -> SimCluster:
     # Short: Ray puts unix sockets under it, and their paths must stay under ~107 bytes.
-    return SimCluster(Path(tempfile.mkdtemp(prefix="rcs", dir="/tmp")))
+    return SimCluster(Path(tempfile.mkdtemp(prefix="rcs", dir="/tmp")), **options)

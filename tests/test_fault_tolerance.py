@@ -81,7 +81,7 @@ def test_a_divergence_stops_with_its_place_and_keeps_the_last_good_checkpoint(
         fit(cfg)  # max_failures=1: the restarted group stops at once on the divergence mark
     err = user_error(info.value)
     assert isinstance(err, DivergenceError), info.value
-    assert str(err).startswith("loss became nan at epoch 2, step 7 (lr ")  # 5 steps per epoch
+    assert str(err).startswith("loss became nan at epoch 2, step 6 (lr ")  # 4 steps per epoch
     assert "lower --lr-max" in str(err) and "the checkpoint of epoch 1 is kept" in str(err)
     run = RunFolder(cfg.run_dir)
     assert [r["epoch"] for r in metrics(cfg)] == ["1"]

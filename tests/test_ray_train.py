@@ -32,7 +32,7 @@ def test_two_workers_train_write_the_run_folder_and_resume(tmp_path, ray_cluster
 
     cfg_json = run.read_json("config.json")
     world, spe = cfg_json["world_size"], cfg_json["steps_per_epoch"]
-    assert world == 2 and spe == 5  # 72 images: 36 per worker in batches of 8 -> 5 steps
+    assert world == 2 and spe == 4  # 72 images in full global batches of 16, 8 per worker
     steps = run.read_csv("lr_steps.csv", required=["step", "epoch", "lr", "momentum"])
     assert [int(s["step"]) for s in steps] == list(range(3 * spe))  # no gap, no repeat
     lrs = [float(s["lr"]) for s in steps]
@@ -72,7 +72,7 @@ def test_the_device_batches_path_trains_under_ddp(tmp_path, ray_cluster):
     run = RunFolder(cfg.run_dir)
     rows = run.read_csv("metrics.csv", required=METRIC_COLUMNS)
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert run.read_json("config.json")["steps_per_epoch"] == 5  # 36 per rank, batches of 8
+    assert run.read_json("config.json")["steps_per_epoch"] == 4  # 72 // 16, 8 per rank
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     assert summary["epochs"] == 2 and summary["test_images"] == 24
 

@@ -45,6 +45,20 @@ def start_local_head(port: int) -> None:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)
 
 
+def lost_worker(exc: BaseException) -> Optional[str]:
+    """What died, in a few words, when `exc` is Ray's report of a worker process or node that
+    went away (an OOM kill, a reclaimed spot node), else None."""
+    import ray.exceptions as rex
+
+    lost = (rex.ActorDiedError, rex.ActorUnavailableError, rex.NodeDiedError,
+            rex.WorkerCrashedError, rex.LocalRayletDiedError)
+    for e in nested_errors(exc):
+        if isinstance(e, lost):
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return f"{type(e).__name__}: {first[:160]}"
+    return None
+
+
 def nested_errors(exc: BaseException):
     """`exc` and every exception inside it: Python's causes and contexts, a failed task's
     `cause` (Ray re-raises a task's X as a RayTaskError subclass of X whose message is the

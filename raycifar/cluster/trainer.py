@@ -8,14 +8,16 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from ..recipe.config import TrainConfig
+from ..recipe.config import RaycifarError, TrainConfig
 from ..recipe.data import TrainingData, check_hold_out, load_arrays
 from ..recipe.engine import one_cycle
 from ..recipe.faults import ENV as FAULT_ENV
 from ..recipe.logs import log
 from ..recipe.progress import interval_seconds
 from ..store import runs
-from ..store.runs import check_writable
+from ..store.resume import checkpoint_epoch
+from ..store.runs import RunFolder, check_writable
+from .ray_compat import lost_worker
 from .worker import LoopConfig, train_loop_per_worker
 
 
@@ -75,4 +77,20 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
         user = user_error(e)
         if user is not None:
             raise user from e
+        lost = lost_worker(e)
+        if lost is not None:
+            raise LostWorkerError(cfg, lost) from e
         raise
+
+
+class LostWorkerError(RaycifarError):
+    """A worker or its node died more often than the run's restarts allow."""
+
+    def __init__(self, cfg: TrainConfig, what: str):
+        epoch = checkpoint_epoch(RunFolder(cfg.run_dir))
+        where = (f"the same command resumes after epoch {epoch}" if epoch else
+                 "no epoch had finished, so the same command starts afresh")
+        super().__init__(
+            f"a training worker was lost ({what}) and the run's {cfg.failures_allowed} "
+            f"restart(s) are used up; {where} (--max-failures allows more, --num-workers MIN-MAX "
+            "goes on with the nodes left)")

@@ -67,6 +67,16 @@ def latest_checkpoint(run: RunFolder, registered: Optional[str] = "snapshot") ->
     return max(later)[1] if later else registered
 
 
+def checkpoint_epoch(run: RunFolder) -> Optional[int]:
+    """The epoch a re-run resumes after (None: a fresh start), read cheaply: the checkpoint's
+    done.json, or the state itself for a checkpoint without one."""
+    name = latest_checkpoint(run)
+    if name is None:
+        return None
+    marked = _marked_epoch(run, name)
+    return marked if marked is not None else int(load_state(run, name)["epoch"])
+
+
 def mark_done(folder: str, epoch: int) -> None:
     """Write DONE_FILE beside a saved CHECKPOINT_FILE in a local `folder`: the epoch and the
     state file's size, by which a copy on storage is known to be whole (an upload cut off by
