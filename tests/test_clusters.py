@@ -1,6 +1,6 @@
 """jobs/clusters/*: Ray's own schema for the launcher YAMLs, the KubeRay CRDs for the manifests,
 our CLI parser for every training command they run, and the shared-storage rule
-(raycifar/cluster.py). Offline and without credentials; a few seconds.
+(raycifar/cluster/placement.py). Offline and without credentials; a few seconds.
 
 Each file is checked by one function (`launcher_problems`, `manifest_problems`) that returns
 every problem found; the broken variants below go through the same function.
@@ -549,7 +549,7 @@ def _parse(argv: list[str]):
 def test_training_commands_are_accepted_by_the_cli(path):
     for argv in training_commands(path):
         args = _parse(argv)
-        cfg = config_from_args(args)  # values valid together (e.g. batch divisible by workers)
+        cfg = config_from_args(args)  # values valid together (e.g. a batch for every worker)
         assert args.address is None, "the driver joins the cluster by itself: no --address"
         assert cfg.use_gpu is True, "the cluster starts without GPU nodes: pass --use-gpu"
         # A multi-node run with the storage these files use is accepted by the storage rule.

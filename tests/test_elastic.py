@@ -50,14 +50,21 @@ def test_a_lost_worker_with_no_restarts_left_is_one_line_naming_the_resume_epoch
 
     from conftest import tiny_train_config
 
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    # As Ray Train 2.60 reports a dead worker: its poll failed, Ray's error kept inside.
+    poll = WorkerHealthCheckFailedError("A worker health check failed.",
+                                        failure=ray.exceptions.ActorDiedError())
     died = WorkerGroupError("Training failed due to worker errors",
-                            {1: ray.exceptions.ActorDiedError()})
+                            {0: RuntimeError("gloo: Connection reset by peer"), 1: poll})
     what = lost_worker(died)
     assert what == "ActorDiedError: The actor died unexpectedly before finishing this task."
     assert lost_worker(WorkerGroupError("x", {0: ValueError("a bug")})) is None
     cfg = tiny_train_config(tmp_path, num_workers=2, min_workers=1)
     assert str(LostWorkerError(cfg, what)).endswith(
         "restart(s) are used up; no epoch had finished, so the same command starts afresh "
+        "(--max-failures allows more)")
+    assert str(LostWorkerError(cfg.replace(min_workers=0), what)).endswith(
         "(--max-failures allows more, --num-workers MIN-MAX goes on with the nodes left)")
     folder = tmp_path / "runs" / "tiny" / "checkpoint_x"
     folder.mkdir(parents=True)

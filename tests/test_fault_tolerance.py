@@ -1,7 +1,7 @@
 """Faults on a real local Ray: a killed worker, an interrupted driver, a divergence, determinism.
 
 The faults are real (SIGKILL of a Train worker process, SIGINT/SIGTERM of the CLI, NaN weights);
-`RAYCIFAR_FAULT` only says where they strike (see raycifar/faults.py).
+`RAYCIFAR_FAULT` only says where they strike (see raycifar/recipe/faults.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import traceback
 from typing import Callable, Optional
 
 from ..recipe.config import (AUGMENTS, COMPILE_MODES, DATA_FORMATS, OPTIMIZERS, PRECISIONS,
-                             RaycifarError, TrainConfig)
+                             ConfigError, RaycifarError, TrainConfig)
 
 HELP = {
     "data_dir": "CIFAR-10 location: a cifar-10-batches-py folder or an image tree "
@@ -33,7 +33,7 @@ HELP = {
               "given instead of finding them",
     "lr_min": "start and final LR of the One Cycle (LRMIN; no annihilation)",
     "cycle_momentum": "cycle momentum inversely to the LR (One Cycle's original form)",
-    "batch_size": "global batch size, split evenly across workers",
+    "batch_size": "global batch size, each batch split across the workers there are",
     "optimizer": "sgd = SGD with Nesterov momentum; adam = AdamW",
     "momentum": "SGD momentum",
     "weight_decay": "L2 weight decay (on the mean loss)",
@@ -78,9 +78,12 @@ def worker_count(text: str):
     """`--num-workers`: N, or MIN-MAX for an elastic run (a (min, max) pair)."""
     low, sep, high = text.partition("-")
     try:
-        return (int(low), int(high)) if sep else int(text)
+        value = (int(low), int(high)) if sep else int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not N or MIN-MAX (e.g. 4 or 2-4)")
+    if sep and value[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: an elastic run needs MIN >= 1")
+    return value
 
 
 # Flags whose type the dataclass default cannot tell.
@@ -115,7 +118,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         kind = TYPES.get(f.name) or {int: int, float: float}.get(type(default), str)
         parser.add_argument(flag, dest=f.name, type=kind, default=default, action=_StoreGiven,
                             choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES
-                            else f.name.upper(), help=HELP[f.name] + " (default: %(default)s)")
+                            else f.name.upper(),
+                            help=HELP[f.name] + ("" if default is None else
+                                                 " (default: %(default)s)"))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -124,6 +129,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     values["storage_path"] = resolve_storage_path(values["storage_path"])
     if isinstance(values["num_workers"], tuple):  # --num-workers MIN-MAX
+        if "min_workers" in given(args):
+            raise ConfigError(["give --num-workers MIN-MAX or --min-workers, not both"])
         values["min_workers"], values["num_workers"] = values["num_workers"]
     return TrainConfig(**values)
 

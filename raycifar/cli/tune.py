@@ -5,8 +5,8 @@
     python -m raycifar.tune seeds --seeds 5 --data-dir D --name N   # N-seed0..4, seeds.json
     python -m raycifar.tune triangle --out tri.png            # plot a triangular cyclic LR
 
-The Tune runs themselves are `trials.py`; choosing the LRs (and reading a kept sweep again
-instead of sweeping) is `lrs.py`, the same code `python -m raycifar.train` uses.
+The Tune runs themselves are `cluster/trials.py`; choosing the LRs (and reading a kept sweep
+again instead of sweeping) is `cluster/lrs.py`, the same code `python -m raycifar.train` uses.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def main(args: argparse.Namespace) -> int:
         joined = init_ray(args.address)
         use_gpu = resolve_use_gpu(cfg.use_gpu)
         # the range test's trial is one worker's worth
-        check_placement(cfg.replace(num_workers=1), nodes(), use_gpu, local=not joined)
+        check_placement(cfg.replace(num_workers=1, min_workers=0), nodes(), use_gpu,
+                        local=not joined)
     if reading is None:
         reading = lr_find(cfg, settings, use_gpu=use_gpu, data=data)
     log.info(f"range test: LRMAX {reading['lr_max']:.4g}, LRMIN {reading['lr_min']:.4g} "

@@ -9,7 +9,7 @@ ray, ray_2workers  raycifar's worker loop under Ray Train, 1 / 2 workers (global
     the images/s it records in metrics.csv; covers the steps incl. DDP and the loop's reads of
     its device-side sums (one per 50 steps), excludes evaluation, checkpoints and Ray's
     reporting between epochs.
-plain, plain_gpu_augment  raycifar's own training epoch (engine.py) in this process, no Ray,
+plain, plain_gpu_augment  raycifar's own training epoch (recipe/engine.py) in this process, no Ray,
     fed by the albumentations DataLoader (--augment, --loader-workers) or by DeviceBatches.
 plain_compile, plain_contiguous, plain_bf16  `plain` with one option turned (on a GPU the
     augment=gpu loop instead: the albumentations loop waits for its loader there, which would
@@ -77,7 +77,7 @@ def _warm_rate(epoch: Callable[[], int]) -> tuple[float, float]:
 
 
 def plain_loop(cfg: TrainConfig, arrays: CifarArrays) -> tuple[float, float, Optional[float]]:
-    """raycifar's own training epoch (engine.py: the same setup, step and epoch as the worker
+    """raycifar's own training epoch (recipe/engine.py: the same setup, step and epoch as the worker
     loop) in this process, without Ray, under torch.compile if `cfg.compile`: (images/s, first
     epoch's extra seconds, GPU peak MiB or None)."""
     device = _device(cfg)
@@ -211,13 +211,12 @@ def two_workers(cfg: TrainConfig, use_gpu: bool,
     gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
     if use_gpu and gpus < 2:
         return None, f"Ray 2 workers skipped: {gpus} GPU(s) in the cluster, 2 workers need 2"
-    if cfg.batch_size % 2:
-        return None, f"Ray 2 workers skipped: batch {cfg.batch_size} does not split in two"
-    two = cfg.replace(num_workers=2,
+    two = cfg.replace(num_workers=2, min_workers=0,
                       cpus_per_worker=cfg.cpus_per_worker if use_gpu else max(1, cpus // 2))
     gpu = " + 1 GPU" if use_gpu else ""
-    return two, (f"Ray 2 workers: {two.cpus_per_worker} CPU(s){gpu} and batch "
-                 f"{cfg.batch_size // 2} each")
+    half = cfg.batch_size // 2
+    each = str(half) if cfg.batch_size % 2 == 0 else f"{half}-{half + 1}"
+    return two, f"Ray 2 workers: {two.cpus_per_worker} CPU(s){gpu} and batch {each} each"
 
 
 def options_on(cfg: TrainConfig) -> str:
@@ -249,7 +248,7 @@ def measure(cfg: TrainConfig, repeats: int, only: Optional[set[str]], address: O
         raise ConfigError([f"repeats={repeats} must be >= 1"])
     if only is not None and (not only or only - set(VARIANTS)):
         raise ConfigError([f"--only {','.join(sorted(only))!r}: pick from {', '.join(VARIANTS)}"])
-    cfg = cfg.replace(num_workers=1)
+    cfg = cfg.replace(num_workers=1, min_workers=0)
     arrays = load_arrays(cfg)  # validates the data and fills the decode cache before timing
     init_ray(address)
     import ray

@@ -131,9 +131,10 @@ def join_cluster(cfg, address: Optional[str]) -> bool:
     joined = init_ray(address)
     use_gpu = resolve_use_gpu(cfg.use_gpu)
     room = check_placement(cfg, nodes(), use_gpu, local=not joined)
-    # an autoscaling cluster that cannot place the workers yet will add nodes for them
+    # an autoscaling cluster that cannot place the workers yet will add nodes for them (a
+    # local Ray never grows: an elastic run there stays on this node)
     check_shared_storage(cfg.storage_path, nodes(), shared=cfg.shared_storage,
-                         expected_nodes=2 if room < cfg.num_workers else 0)
+                         expected_nodes=2 if joined and room < cfg.num_workers else 0)
     return use_gpu
 
 

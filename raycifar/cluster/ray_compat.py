@@ -70,5 +70,7 @@ def nested_errors(exc: BaseException):
             continue
         seen.add(id(e))
         yield e
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        # a dead worker's poll: Train's WorkerHealthCheckFailedError keeps Ray's error here
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None),
+                 getattr(e, "health_check_failure", None)]
         todo += list(getattr(e, "worker_failures", {}).values())

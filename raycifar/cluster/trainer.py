@@ -10,13 +10,13 @@ from typing import Optional
 
 from ..recipe.config import RaycifarError, TrainConfig
 from ..recipe.data import TrainingData, check_hold_out, load_arrays
-from ..recipe.engine import one_cycle
+from ..recipe.engine import DivergenceError, one_cycle
 from ..recipe.faults import ENV as FAULT_ENV
 from ..recipe.logs import log
 from ..recipe.progress import interval_seconds
 from ..store import runs
 from ..store.resume import checkpoint_epoch
-from ..store.runs import RunFolder, check_writable
+from ..store.runs import RunFolder, check_writable, first_divergence
 from .ray_compat import lost_worker
 from .worker import LoopConfig, train_loop_per_worker
 
@@ -75,6 +75,9 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
         return trainer.fit()
     except Exception as e:
         user = user_error(e)
+        if isinstance(user, DivergenceError):  # every rank raised one: name the first step
+            first = first_divergence(RunFolder(cfg.run_dir))
+            user = DivergenceError(first["message"], first["step"]) if first else user
         if user is not None:
             raise user from e
         lost = lost_worker(e)
@@ -92,5 +95,6 @@ class LostWorkerError(RaycifarError):
                  "no epoch had finished, so the same command starts afresh")
         super().__init__(
             f"a training worker was lost ({what}) and the run's {cfg.failures_allowed} "
-            f"restart(s) are used up; {where} (--max-failures allows more, --num-workers MIN-MAX "
-            "goes on with the nodes left)")
+            f"restart(s) are used up; {where} (--max-failures allows more"
+            + ("" if cfg.elastic else ", --num-workers MIN-MAX goes on with the nodes left")
+            + ")")

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from ..recipe import timeline
 from ..recipe.config import TrainConfig
@@ -166,7 +167,6 @@ def placement(rank: int, world: int, device: torch.device) -> list[dict]:
     """Where every rank runs (node id and IP, device), gathered on every rank; rank 0 logs
     it, config.json keeps it."""
     import ray
-    import torch.distributed as dist
 
     mine = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),  # Ray: where
             "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
@@ -193,7 +193,11 @@ def restore(w: Worker, learner: Learner) -> Progress:
         raise DivergenceError(diverged["message"], diverged["step"])
     checkpoint = ray.train.get_checkpoint()                             # Ray: resume?
     registered = os.path.basename(checkpoint.path.rstrip("/")) if checkpoint else None
-    name = latest_checkpoint(shared, registered)
+    name = latest_checkpoint(shared, registered) if w.rank == 0 else None
+    if w.world > 1 and dist.is_available() and dist.is_initialized():
+        chosen = [name]  # rank 0's pick for all: an upload finishing meanwhile changes nothing
+        dist.broadcast_object_list(chosen, src=0)
+        name = chosen[0]
     if name is None:
         if w.run is not None:
             w.run.write_json(runs.CONFIG, config_record(w, learner))
@@ -293,7 +297,6 @@ def record(w: Worker, learner: Learner, done: Progress, epoch: int, result: Epoc
 def finish(w: Worker, learner: Learner, ev: dict, test_idx: np.ndarray, done: Progress) -> dict:
     """Gather test predictions from every rank; rank 0 writes predictions, the unwrapped
     network's weights and the summary, and returns the summary."""
-    import torch.distributed as dist
 
     part = (test_idx, ev["probs"].float().cpu().numpy(), ev["labels"].cpu().numpy())
     parts = [part]

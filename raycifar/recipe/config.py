@@ -63,7 +63,7 @@ class TrainConfig:
     cycle_momentum: bool = False          # Page's recipe keeps momentum fixed
 
     # --- optimisation ---
-    batch_size: int = 512                 # global: split evenly across workers
+    batch_size: int = 512                 # global: each batch split across the workers
     optimizer: str = "sgd"                # sgd (Nesterov) | adam
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -202,7 +202,7 @@ def _validate(c: TrainConfig) -> list[str]:
     need(0 < c.gpus_per_worker <= 1 or float(c.gpus_per_worker).is_integer(),
          f"gpus_per_worker={c.gpus_per_worker} must be a fraction in (0, 1] (workers sharing "
          "a GPU) or a whole number")
-    if c.use_gpu:  # left to the cluster (None): checked once it is known (cluster.py)
+    if c.use_gpu:  # left to the cluster (None): checked once it is known (cluster/placement.py)
         sharing = gpu_sharing_problem(c.num_workers, c.gpus_per_worker)
         need(sharing is None, sharing or "")
     need(not (c.compile and c.compile_mode in GRAPH_MODES and c.num_workers > 1),

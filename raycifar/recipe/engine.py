@@ -171,8 +171,11 @@ def train_batches(cfg: TrainConfig, data: TrainingData, rt: Runtime, rank: int =
 
 def batch_plan(batches) -> Optional[GlobalBatches]:
     """The `GlobalBatches` behind training batches (a DataLoader's or `DeviceBatches`')."""
-    plan = getattr(batches, "batch_sampler", None) or getattr(batches, "plan", None)
-    return plan if isinstance(plan, GlobalBatches) else None
+    for name in ("batch_sampler", "plan"):
+        plan = getattr(batches, name, None)
+        if isinstance(plan, GlobalBatches):
+            return plan
+    return None
 
 
 def set_epoch(batches, epoch: int) -> None:

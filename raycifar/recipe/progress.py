@@ -6,7 +6,7 @@ arrive as one `\\r`-joined line at the end of the epoch, so a 20-minute CPU epoc
 20 minutes. There, `EpochProgress` prints a short flushed line every `RAYCIFAR_PROGRESS_SECONDS`
 (default 30) seconds and one at the end of the epoch:
 
-    [raycifar] epoch 3/24  45% (40/88 batches)  312 img/s  loss 1.234  acc 0.567  eta 52s
+    [raycifar] epoch 3/24  45% (40/87 batches)  312 img/s  loss 1.234  acc 0.567  eta 52s
 
 img/s counts every rank (rank 0's rate times the world size: every rank sees as many images in
 about the same time), like `images_per_second` in metrics.csv; loss and acc are rank 0's running

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import numpy as np
 import torch
 
 
@@ -55,7 +56,9 @@ class GlobalBatches:
         return self.n // self.batch_size
 
     def permutation(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        # (seed, epoch) mixed, not added: seed s+1 must not replay seed s's next epoch
+        mixed = np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0]
+        g = torch.Generator().manual_seed(int(mixed) & (2**63 - 1))
         return torch.randperm(self.n, generator=g)  # on the CPU: the same on every rank
 
     def rank_indices(self) -> torch.Tensor:

@@ -9,7 +9,7 @@ a checkpoint silently ignored).
 
 A divergence leaves a mark per rank in the run folder's `diverged/`: a worker group that Ray
 restarts (with `--max-failures`) stops at once on the earliest of them instead of training into
-the same NaN again. A new command clears them.
+the same NaN again. A new `train` command clears them (a seeds or search trial keeps its own).
 """
 
 from __future__ import annotations
