@@ -111,7 +111,9 @@ def bad_inputs(tmp):
     (noimg / "train" / "ghost").mkdir()
     broken = write_folder(tmp / "broken", n_train=2, n_test=1)
     (broken / "train" / "cat" / "0000.png").write_bytes(b"\x89PNG garbage")
-    common = ["--cache-dir", str(tmp / "cache"), "--storage-path", str(tmp / "runs")]
+    # 12 good images: batches of 4 give the cycle its steps (full global batches only)
+    common = ["--cache-dir", str(tmp / "cache"), "--storage-path", str(tmp / "runs"),
+              "--batch-size", "4"]
     return {
         "missing data dir": ([*common, "--data-dir", str(tmp / "nope")], "does not exist"),
         "empty data dir": ([*common, "--data-dir", str(empty)], "holds neither"),

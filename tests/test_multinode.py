@@ -143,7 +143,7 @@ def test_job_submit_without_address_trains_and_writes_the_run_folder(cluster):
     assert config["world_size"] == 2 and config["config"]["name"] == "job"
     assert {w["node_id"] for w in config["workers"]} == set(cluster.alive_nodes())
     assert config["steps_per_epoch"] == 4  # 72 images in full global batches of 16
-    assert len(run.read_csv("lr_steps.csv", required=STEP_COLUMNS)) == 2 * 5
+    assert len(run.read_csv("lr_steps.csv", required=STEP_COLUMNS)) == 2 * 4
     summary = run.read_json("summary.json")
     assert summary["epochs"] == 2 and summary["test_images"] == 3 * 8
     assert_workers_never_opened_the_data(cluster)
