@@ -18,7 +18,7 @@ from simcluster import new_cluster
 
 # Ray's elastic policy sees a returning node through Ray Data's autoscaling coordinator, which
 # looks at the cluster every 20 s (not configurable): the run must outlast that after the join.
-EPOCHS = 40
+EPOCHS = 32
 RESIZE_SECONDS = 4
 # Ray's GCS declares a silent node dead after `failure_threshold` missed health checks of
 # `period` (defaults 5 x 3 s): shortened so the test waits seconds, not a quarter-minute.
@@ -94,8 +94,8 @@ def test_a_lost_node_is_survived_and_the_run_grows_back(tmp_path):
         log = tmp_path / "train.log"
         with open(log, "w") as out:
             # Ray's reservation still counts the dead node for up to 20 s, so the first restart
-            # waits out a worker-group start for 2 (60 s by default; 20 s here).
-            env = {**sim.driver_env(), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20"}
+            # waits out a worker-group start for 2 (60 s by default; 10 s here).
+            env = {**sim.driver_env(), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10"}
             proc = subprocess.Popen(argv, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, text=True)
         run = RunFolder(str(storage / "spot"))

@@ -129,12 +129,13 @@ def _ray_servers() -> set[int]:
 def test_a_terminated_driver_resumes_on_the_next_run(tmp_path):
     """SIGTERM here; Ctrl-C (SIGINT) is sent to a run under load in the test below."""
     sig = signal.SIGTERM
-    cfg = tiny_train_config(tmp_path, epochs=4, peak_epoch=2)
+    epochs = 30  # enough that the run is still going when the signal lands
+    cfg = tiny_train_config(tmp_path, epochs=epochs, peak_epoch=2)
     argv = [sys.executable, "-m", "raycifar.train", "--data-dir", cfg.data_dir, "--cache-dir",
             cfg.cache_dir, "--storage-path", cfg.storage_path, "--name", "int",
-            "--epochs", "4", "--peak-epoch", "2", "--batch-size", "16", "--lr-max", "0.05",
-            "--lr-min", "0.005", "--cpus-per-worker", "1", "--loader-workers", "0",
-            "--precision", "fp32"]  # the spec's width: epochs slow enough to stop one midway
+            "--epochs", str(epochs), "--peak-epoch", "2", "--batch-size", "16", "--lr-max",
+            "0.05", "--lr-min", "0.005", "--cpus-per-worker", "1", "--loader-workers", "0",
+            "--precision", "fp32", "--width", str(TINY_WIDTH)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
     before = _ray_servers()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -151,7 +152,7 @@ def test_a_terminated_driver_resumes_on_the_next_run(tmp_path):
     kept = int(out.split(f"interrupted; {run.uri} keeps the checkpoint of epoch ")[1].split()[0])
     # metrics.csv is written just before the epoch's checkpoint is registered: a signal in
     # between leaves one row more, which the resumed run rewrites from the checkpoint
-    assert written - 1 <= kept <= written < 4
+    assert written - 1 <= kept <= written < epochs
     deadline = time.time() + 30
     while _ray_servers() - before and time.time() < deadline:  # the local Ray went with it
         time.sleep(0.5)
@@ -159,8 +160,8 @@ def test_a_terminated_driver_resumes_on_the_next_run(tmp_path):
 
     again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=400)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"has a checkpoint: resuming after epoch {kept} of 4" in again.stdout
-    assert [int(r["epoch"]) for r in run.read_csv("metrics.csv")] == list(range(1, 5))
+    assert f"has a checkpoint: resuming after epoch {kept} of {epochs}" in again.stdout
+    assert [int(r["epoch"]) for r in run.read_csv("metrics.csv")] == list(range(1, epochs + 1))
     steps = [int(s["step"]) for s in run.read_csv("lr_steps.csv")]
     assert steps == list(range(len(steps)))
     assert not _ray_servers() - before
