@@ -150,9 +150,10 @@ def test_a_terminated_driver_resumes_on_the_next_run(tmp_path):
     assert proc.returncode == 130, out[-3000:]
     written = len(run.read_csv("metrics.csv"))
     kept = int(out.split(f"interrupted; {run.uri} keeps the checkpoint of epoch ")[1].split()[0])
-    # metrics.csv is written just before the epoch's checkpoint is registered: a signal in
-    # between leaves one row more, which the resumed run rewrites from the checkpoint
-    assert written - 1 <= kept <= written < epochs
+    # metrics.csv is written before the epoch's checkpoint is uploaded (in the background) and
+    # registered: with sub-second epochs the rows may run a few epochs ahead of the kept
+    # checkpoint, and the resumed run rewrites them from it
+    assert 1 <= kept <= written < epochs
     deadline = time.time() + 30
     while _ray_servers() - before and time.time() < deadline:  # the local Ray went with it
         time.sleep(0.5)
