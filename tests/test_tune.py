@@ -1,6 +1,7 @@
 """Ray Tune for real on a local Ray: the range test as a Tune run, and the ASHA LR search."""
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -73,6 +74,17 @@ def test_search_runs_two_trials_at_once_and_asha_stops_free_their_cpus(tmp_path,
         time.sleep(0.5)
     assert ray_cluster.available_resources().get("CPU", 0) == 2  # nothing leaked
     assert seconds < 600
+    # The same search again restores its experiment: no trial starts over (the trials'
+    # Train runs would append to metrics.csv), and the pick is the same.
+    trial_rows = {p.name: (p / "metrics.csv").read_text()
+                  for p in Path(cfg.storage_path).glob("search-trial-*")}
+    assert len(trial_rows) == len(lrs)
+    started = time.perf_counter()
+    assert search(cfg, 0.05, SearchConfig(epochs=3, holdout=12), lrs=lrs) == best
+    assert time.perf_counter() - started < seconds / 2
+    assert {p.name: (p / "metrics.csv").read_text()
+            for p in Path(cfg.storage_path).glob("search-trial-*")} == trial_rows
+    assert len(list(Path(cfg.storage_path).glob("search-lr-search-*"))) == 1
 
 
 def test_lr_from_a_folder_without_a_finding_is_a_clear_error(tmp_path):

@@ -15,6 +15,8 @@ data the driver loaded reaches every trial and worker through Ray's object store
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from ..recipe import timeline
 from ..recipe.config import RangeTestConfig, RaycifarError, SearchConfig, TrainConfig
 from ..recipe.data import TrainingData, load_arrays
 from ..recipe.engine import Learner, build_model, one_cycle, train_batches
+from ..recipe.logs import log
 from ..recipe.lr_finder import RangeTestError, range_test
 from ..recipe.runtime import Runtime
 from ..store import runs
@@ -199,20 +202,39 @@ def search(cfg: TrainConfig, center: float, settings: SearchConfig = SearchConfi
     held = TrainingData.of(data.arrays.hold_out(settings.holdout, cfg.seed))
     one_cycle(plan.short, len(held.arrays.y_train))  # enough data for the cycle?
     slots = trial_concurrency(ray.nodes(), cfg, use_gpu, len(plan.pairs), settings.max_concurrent)
-    trainable = tune.with_parameters(search_trainable, data=ray.put(held))
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, TRIAL_DRIVER),
-        param_space={"train": plan.short.to_dict(), "candidate": tune.grid_search(plan.pairs),
-                     "use_gpu": use_gpu, "meta": runs.run_meta()},  # the driver's command line
-        tune_config=tune.TuneConfig(
-            # ASHA ranks by held-out loss: continuous, so no ties on a small held-out set; the
-            # winner is then picked by held-out accuracy among the runs that went the distance.
-            metric=runs.RANK_BY, mode="min", max_concurrent_trials=slots,
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=plan.short.epochs,
-                                    grace_period=plan.grace, reduction_factor=2)),
-        run_config=tune.RunConfig(name=f"{cfg.name}-lr-search", storage_path=cfg.storage_path,
-                                  verbose=0),
-    )
+    trainable = tune.with_resources(
+        tune.with_parameters(search_trainable, data=ray.put(held)), TRIAL_DRIVER)
+    # One Tune experiment per plan: the same search run again (after Ctrl-C, a lost driver)
+    # restores it, keeping finished trials and resuming unfinished ones from their own Train
+    # checkpoints; other candidates or settings get a folder of their own.
+    plan_id = hashlib.sha256(json.dumps(
+        {"train": plan.short.to_dict(), "pairs": plan.pairs, "grace": plan.grace},
+        sort_keys=True).encode()).hexdigest()[:8]
+    name = f"{cfg.name}-lr-search-{plan_id}"
+    path = f"{cfg.storage_path.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(path):
+        log.info(f"resuming the LR search kept in {path}")
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
+                                   restart_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"train": plan.short.to_dict(),
+                         "candidate": tune.grid_search(plan.pairs), "use_gpu": use_gpu,
+                         "meta": runs.run_meta()},  # the driver's command line
+            tune_config=tune.TuneConfig(
+                # ASHA ranks by held-out loss: continuous, so no ties on a small held-out set;
+                # the winner is then picked by held-out accuracy among the runs that went the
+                # distance.
+                metric=runs.RANK_BY, mode="min", max_concurrent_trials=slots,
+                scheduler=ASHAScheduler(time_attr="training_iteration",
+                                        max_t=plan.short.epochs, grace_period=plan.grace,
+                                        reduction_factor=2)),
+            # A trial whose node died (its driver or its Train run) is tried again, and goes
+            # on from its last checkpoint.
+            run_config=tune.RunConfig(name=name, storage_path=cfg.storage_path, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=2)),
+        )
     rows = [_search_row(r) for r in _fit(tuner)]
     rows.sort(key=lambda r: r["lr_max"])
     best = max(rows, key=lambda r: (r["epochs_run"], _finite(r["held_out_acc"]),
