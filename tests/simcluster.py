@@ -103,15 +103,18 @@ def own_processes(root: str):
     return list(found.values())
 
 
-def kill_processes(root: str) -> None:
+def kill_processes(root: str, grace: float = 5) -> None:
+    """SIGTERM `root`'s processes, and SIGKILL those still there after `grace` seconds (all
+    of them at once when `grace` is 0)."""
     psutil = _psutil()
-    procs = own_processes(root)
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=5)
+    alive = own_processes(root)
+    if grace > 0:
+        for p in alive:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(alive, timeout=grace)
     for p in alive:
         try:
             p.kill()
@@ -202,14 +205,7 @@ class SimCluster:
         """SIGKILL every process of a worker node (its raylet, agents and Ray workers), as a
         reclaimed spot instance or a power cut would: nothing is told, nothing cleans up."""
         assert name != "sim_node_0", "the head hosts the driver; kill a worker node"
-        psutil = _psutil()
-        procs = own_processes(str(self.root / name))
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=10)
+        kill_processes(str(self.root / name), grace=0)
         self.killed.append(name)
 
     def alive_nodes(self) -> dict[str, str]:
