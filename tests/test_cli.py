@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from raycifar.cli.train import GPU_FEEDING_LOADERS, build_parser, loader_hint
+from raycifar.api.training import GPU_FEEDING_LOADERS, loader_hint
+from raycifar.cli.train import build_parser
 from raycifar.recipe.config import TrainConfig
 
 from conftest import write_folder

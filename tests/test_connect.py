@@ -28,6 +28,7 @@ def recorded_init(monkeypatch, no_cluster):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
     monkeypatch.setattr(connect, "_sigterm_like_ctrl_c", lambda: None)
+    monkeypatch.setattr(connect, "_connected", None)  # what this process joined: nothing yet
     return calls
 
 
@@ -72,12 +73,32 @@ def test_the_ray_start_cluster_is_joined_as_ray_finds_it(recorded_init, monkeypa
     assert recorded_init == [{"address": "auto"}, {"address": "10.0.0.1:6379"}]
 
 
-def test_a_local_ray_gets_its_own_port_and_tells_its_jobs(recorded_init):
-    assert connect.init_ray(None) is False
+def test_a_local_ray_gets_its_own_port_and_tells_its_jobs(recorded_init, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.2:6379")
+    assert connect.init_ray("local") is False
     (kw,) = recorded_init
-    assert "address" not in kw and "resources" not in kw
+    assert kw["address"] == "local" and "resources" not in kw  # new, whatever RAY_ADDRESS says
     port = kw["runtime_env"]["env_vars"]["RAY_ADDRESS"].rsplit(":", 1)[1]
     assert port.isdigit()  # the placement-group cleaner of its jobs looks up this cluster
+
+
+def test_a_later_call_reuses_the_ray_it_joined_and_leaves_it_for_another(recorded_init,
+                                                                       monkeypatch):
+    """A notebook's second fit: the same cluster is reused, another one is joined instead
+    (ours shut down first), and a Ray the user connected is used as it is."""
+    import ray
+
+    up, shutdowns = [False], []
+    monkeypatch.setattr(ray, "is_initialized", lambda: up[0])
+    monkeypatch.setattr(ray, "init", lambda **kw: (recorded_init.append(kw), up.__setitem__(0, 1)))
+    monkeypatch.setattr(ray, "shutdown", lambda: (shutdowns.append(1), up.__setitem__(0, 0)))
+    assert connect.init_ray("local") is False and connect.init_ray("local") is False
+    assert len(recorded_init) == 1 and not shutdowns
+    assert connect.init_ray("10.0.0.1:6379") is True
+    assert recorded_init[-1] == {"address": "10.0.0.1:6379"} and len(shutdowns) == 1
+    assert connect.init_ray("10.0.0.1:6379") is True and len(recorded_init) == 2
+    monkeypatch.setattr(connect, "_connected", None)  # as if the user had called ray.init()
+    assert connect.init_ray("local") is True and len(recorded_init) == 2
 
 
 def test_an_unreachable_cluster_is_one_line(monkeypatch, no_cluster):

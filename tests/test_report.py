@@ -57,8 +57,10 @@ from raycifar.cli import report as script  # noqa: E402  (jobs/report.py runs it
 
 
 def test_default_output_folder():
-    assert script.default_out("/runs/a/") == "/runs/a/report"
-    assert script.default_out("s3://bucket/runs/a") == str(Path.cwd() / "report-a")
+    from raycifar.api.results import default_out
+
+    assert default_out("/runs/a/") == "/runs/a/report"
+    assert default_out("s3://bucket/runs/a") == str(Path.cwd() / "report-a")
 
 
 def assert_not_blank(png: Path) -> None:

@@ -1,51 +1,19 @@
 """`raycifar evaluate RUN` (`python -m raycifar.evaluate`): a finished run's model on test data;
-the flags and the lines it prints. The work is `raycifar.reading.evaluate`."""
+the flags; the work is `raycifar.api.results.evaluate` (`raycifar.evaluate`)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Optional
 
-from ..reading.evaluate import eval_config, load_trained, pick_device, run_evaluation
-from ..recipe.config import RaycifarError
-from ..recipe.logs import log
-from ..store import runs
-from ..store.runs import RunFolder
+from ..api.results import evaluate
 from .args import add_debug_flag, run_cli
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise RaycifarError(f"--batch-size must be >= 1, not {args.batch_size}")
-    if args.name is not None and (not args.name or "/" in args.name):
-        raise RaycifarError(f"--name {args.name!r} must be a non-empty name without '/'")
-    trained = load_trained(args.run, pick_device(args.use_gpu))
-    cfg, own = eval_config(trained, args.data_dir, args.data_format, args.cache_dir,
-                           args.subset)
-    tta = trained.cfg.tta if args.tta is None else args.tta
-    figures, predictions = run_evaluation(trained, cfg, tta, args.batch_size)
-    run = RunFolder(args.run)
-    summary = run.read_json(runs.SUMMARY) if run.exists(runs.SUMMARY) else {}
-    name = args.name or ("test" if own else Path(cfg.data_dir).name if cfg.data_dir
-                         else "cifar10")
-    figures.update(run=args.run, name=name, own_data=own,
-                   run_final_test_acc=summary.get("final_test_acc"))
-    out = RunFolder(args.out or args.run)
-    out.write_json(f"evaluation-{name}.json", figures)
-    out.write_npz(f"predictions-{name}.npz", **predictions)
-    where = "the run's own data" if own else "other data"
-    subset = f", subset {cfg.subset} seed {cfg.seed}" if cfg.subset else ""
-    accuracy = (f"{figures['accuracy']:.4f} with flip TTA, {figures['accuracy_plain']:.4f} "
-                "without" if tta else f"{figures['accuracy']:.4f} (no TTA)")
-    log.info(f"{figures['images']} test images ({where}, {figures['data']['data_format']}"
-             f"{subset}) on {trained.device} {trained.precision}: accuracy {accuracy}")
-    reference = figures["run_final_test_acc"]
-    if own and tta == trained.cfg.tta and not trained.cfg.validation and reference is not None:
-        log.info(f"the run's final_test_acc {reference:.4f}: "
-                 + ("reproduced" if reference == figures["accuracy"] else
-                    "differs (another device kind or batch size changes the last digits)"))
-    log.info(f"wrote {out.uri}/evaluation-{name}.json and predictions-{name}.npz")
+    evaluate(args.run, data_dir=args.data_dir, data_format=args.data_format,
+             cache_dir=args.cache_dir, subset=args.subset, tta=args.tta,
+             batch_size=args.batch_size, use_gpu=args.use_gpu, name=args.name, out=args.out)
     return 0
 
 

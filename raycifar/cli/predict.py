@@ -1,5 +1,5 @@
 """`raycifar predict RUN IMAGE...` (`python -m raycifar.predict`): top-k classes of image files;
-the flags and the output. The work is `raycifar.reading.predict`."""
+the flags and the output; the work is `raycifar.api.results.predict` (`raycifar.predict`)."""
 
 from __future__ import annotations
 
@@ -7,30 +7,16 @@ import argparse
 import json
 from typing import Optional
 
-from ..reading.evaluate import load_trained, pick_device
-from ..reading.predict import Prediction, classify, load_images
-from ..recipe.config import RaycifarError
+from ..api.results import predict
 from .args import add_debug_flag, run_cli
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.top_k < 1:
-        raise RaycifarError(f"--top-k must be >= 1, not {args.top_k}")
-    trained = load_trained(args.run, pick_device(args.use_gpu))
-    paths, images, info = load_images(args.images)
-    tta = trained.cfg.tta if args.tta is None else args.tta
-    tops = classify(trained, images, args.top_k, tta)
-    results = [Prediction(str(p), size, mode, top) for p, (size, mode), top
-               in zip(paths, info, tops)]
+    found = predict(args.run, args.images, top_k=args.top_k, tta=args.tta, use_gpu=args.use_gpu)
     if args.json:
-        print(json.dumps({"run": args.run, "tta": tta, "classes": trained.classes,
-                          "predictions": [
-                              {"image": r.path, "width": r.size[0], "height": r.size[1],
-                               "mode": r.mode, "top": [{"class": c, "probability": v}
-                                                       for c, v in r.top]}
-                              for r in results]}, indent=2))
+        print(json.dumps(found.to_dict(), indent=2))
     else:
-        for r in results:
+        for r in found:
             print(f"{r.path}: " + ", ".join(f"{c} {100 * v:.1f}%" for c, v in r.top))
     return 0
 

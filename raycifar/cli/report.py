@@ -3,24 +3,16 @@
     raycifar report ~/raycifar_runs/cifar10-onecycle
     raycifar report s3://bucket/runs/cifar10-onecycle --out reports/onecycle
 
-The work is in `raycifar.reading.report`; this module parses the flags and prints where the
-output went.
+The work is `raycifar.api.results.report` (`raycifar.report`) over `raycifar.reading.report`;
+this module parses the flags and prints where the output went.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Optional
 
 from .args import add_debug_flag, run_cli
-
-
-def default_out(run: str) -> str:
-    """`<run>/report` for a local run; `./report-<run name>` for a run on cloud storage."""
-    if "://" in run:
-        return os.path.abspath(f"report-{run.rstrip('/').rsplit('/', 1)[-1]}")
-    return os.path.join(os.path.abspath(os.path.expanduser(run)), "report")
 
 
 def build_parser(prog: str = "raycifar report") -> argparse.ArgumentParser:
@@ -42,13 +34,10 @@ def build_parser(prog: str = "raycifar report") -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..reading.report import write_report
+    from ..api.results import report
 
-    run = args.run if "://" in args.run else os.path.expanduser(args.run)
-    path = write_report(run, args.out or default_out(args.run), args.predictions)
-    print(f"report: {path}")
+    print(f"report: {report(args.run, args.out, args.predictions)}")
     return 0
-
 
 
 def cli(argv: Optional[list[str]] = None, prog: str = "raycifar report") -> int:

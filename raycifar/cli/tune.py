@@ -5,8 +5,9 @@
     python -m raycifar.tune seeds --seeds 5 --data-dir D --name N   # N-seed0..4, seeds.json
     python -m raycifar.tune triangle --out tri.png            # plot a triangular cyclic LR
 
-The Tune runs themselves are `cluster/trials.py`; choosing the LRs (and reading a kept sweep
-again instead of sweeping) is `cluster/lrs.py`, the same code `python -m raycifar.train` uses.
+lr-find and search run `raycifar.api.training.find` (what `raycifar.find_lrs` runs); the Tune
+runs themselves are `cluster/trials.py`; choosing the LRs (and reading a kept sweep again
+instead of sweeping) is `cluster/lrs.py`, the same code `python -m raycifar.train` uses.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from ..cluster.connect import init_ray, join_cluster, nodes, resolve_use_gpu
-from ..cluster.lrs import choose_lrs, matching_finding
-from ..cluster.placement import check_placement
+from ..api.training import find
+from ..cluster.connect import join_cluster
+from ..cluster.lrs import choose_lrs
 from ..cluster.trainer import driver_data
-from ..cluster.trials import lr_find, search, seeds
+from ..cluster.trials import seeds
 from ..recipe.config import RaycifarError
-from ..recipe.data import TrainingData, check_hold_out, load_arrays
 from ..recipe.logs import log
 from ..store import runs
-from ..store.runs import RunFolder, check_writable
+from ..store.runs import RunFolder
 from ..store.seeds import describe as describe_seeds
 from .args import add_config_arguments, add_debug_flag, config_from_args, run_cli
 from .lr_flags import add_lr_arguments, lr_choice, range_test_config, search_config
@@ -35,33 +35,8 @@ def main(args: argparse.Namespace) -> int:
         return _triangle(args)
     if args.command == "seeds":
         return run_seeds(args)
-    cfg = config_from_args(args)
-    settings = range_test_config(args)
     searching = search_config(args) if args.command == "search" else None
-    data = TrainingData.of(load_arrays(cfg))  # fail fast on bad data, before Ray starts
-    if searching:
-        check_hold_out(searching.holdout, len(data.arrays.y_train))
-    check_writable(cfg.storage_path)
-    reading = matching_finding(cfg, settings, len(data.arrays.y_train))
-    if reading is not None:
-        log.info(f"{cfg.run_dir}/{runs.LR_FINDER_CSV} holds a sweep with these settings on this "
-                 "data: read again, not swept again")
-    use_gpu = bool(cfg.use_gpu)
-    if reading is None or searching:
-        joined = init_ray(args.address)
-        use_gpu = resolve_use_gpu(cfg.use_gpu)
-        # the range test's trial is one worker's worth
-        check_placement(cfg.replace(num_workers=1, min_workers=0), nodes(), use_gpu,
-                        local=not joined)
-    if reading is None:
-        reading = lr_find(cfg, settings, use_gpu=use_gpu, data=data)
-    log.info(f"range test: LRMAX {reading['lr_max']:.4g}, LRMIN {reading['lr_min']:.4g} "
-             f"({reading['method']}); {cfg.run_dir}/{runs.LR_FINDER_CSV}")
-    if searching:
-        best = search(cfg, reading["lr_max"], searching, lr_min=reading["lr_min"],
-                      use_gpu=use_gpu, data=data)
-        log.info(f"search: LRMAX {best['lr_max']:.4g}, LRMIN {best['lr_min']:.4g}, held-out "
-                 f"accuracy {best['held_out_acc']:.4f}; {cfg.run_dir}/{runs.BEST}")
+    find(config_from_args(args), range_test_config(args), searching, args.address)
     return 0
 
 
@@ -115,8 +90,9 @@ def build_parser(prog: str = "raycifar tune") -> argparse.ArgumentParser:
     for p in (find, srch, seed):
         add_config_arguments(p)
         p.add_argument("--address", default=None,
-                       help="the Ray cluster to join; default: RAY_ADDRESS, else the cluster "
-                            "`ray start` runs on this node, else a new local Ray")
+                       help="the Ray cluster to join ('local': a new local Ray); default: "
+                            "RAY_ADDRESS, else the cluster `ray start` runs on this node, "
+                            "else a new local Ray")
         add_lr_arguments(p, search_flag=p is seed, choice_flags=p is seed)
         add_debug_flag(p)
     seed.add_argument("--seeds", type=int, default=5, help="how many seeds (--seed, --seed+1, ...)")
@@ -129,8 +105,6 @@ def build_parser(prog: str = "raycifar tune") -> argparse.ArgumentParser:
     tri.add_argument("--out", default="triangular_lr.png", help="PNG to write")
     add_debug_flag(tri)
     return parser
-
-
 
 
 def cli(argv: Optional[list[str]] = None, prog: str = "raycifar tune") -> int:

@@ -18,6 +18,9 @@ from typing import Optional
 from ..recipe.config import RaycifarError
 from . import ray_compat
 
+LOCAL = "local"  # --address local: a new local Ray, whatever runs on this node
+_connected: Optional[str] = None  # what init_ray connected this process to (LOCAL: started it)
+
 
 def set_ray_env_defaults() -> None:
     """Quieter, single-copy logs and the dashboard's Train tab, unless the user set them."""
@@ -35,6 +38,8 @@ def cluster_to_join(address: Optional[str]) -> Optional[str]:
     started with `ray.init()` is never joined: it goes away with that process.
     """
 
+    if address == LOCAL:
+        return None
     for found in (address, os.environ.get("RAY_ADDRESS"), ray_compat.started_cluster_address()):
         if found:
             if found.startswith(("http://", "https://")):
@@ -51,7 +56,13 @@ def init_ray(address: Optional[str]) -> bool:
     started a local Ray (whose size we know: nothing more will join it).
 
     Joining passes nothing but the address: whatever the user's cluster has is what we use.
-    SIGTERM then behaves like Ctrl-C (see `_sigterm_like_ctrl_c`).
+    SIGTERM then behaves like Ctrl-C (see `_sigterm_like_ctrl_c`). `address="local"` (Ray's
+    own word for it) starts a fresh local Ray even where a `ray start` cluster runs here.
+
+    A later call in the same process (a notebook's second `raycifar.fit`) reuses the Ray this
+    process is connected to when it asks for the same cluster, and leaves it for the one asked
+    for otherwise. A Ray someone else connected (`ray.init()` in a notebook or a test) is used
+    as it is.
 
     Ray Train's placement-group cleaner finds "its" cluster through RAY_ADDRESS or, without
     it, the most recently started one; with two local runs on one machine it would watch the
@@ -60,10 +71,16 @@ def init_ray(address: Optional[str]) -> bool:
     """
     import ray  # here, so that `--help` and bad input never wait for Ray to import
 
+    global _connected
     set_ray_env_defaults()
-    if ray.is_initialized():  # someone (a test, a notebook) connected this process already
-        return True
     target = cluster_to_join(address)
+    if ray.is_initialized():
+        if _connected is None:  # someone (a test, a notebook) connected this process already
+            return True
+        if _connected == (target or LOCAL):  # an earlier call of ours: the same cluster
+            return bool(target)
+        ray.shutdown()  # ours, but another cluster is asked for now
+        _connected = None
     if target:
         # The `ray start` cluster of this node is joined as Ray finds it itself ("auto": the
         # same address file), since Ray 2.60 turns token authentication on for a cluster found
@@ -82,6 +99,7 @@ def init_ray(address: Optional[str]) -> bool:
                 f"so that a local Ray starts{token}") from e
     else:
         ray_compat.start_local_head(free_port())
+    _connected = target or LOCAL
     _sigterm_like_ctrl_c()
     return bool(target)
 

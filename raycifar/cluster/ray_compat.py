@@ -39,7 +39,7 @@ def start_local_head(port: int) -> None:
 
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     try:
-        ray.init(_node_ip_address="127.0.0.1",
+        ray.init(address="local", _node_ip_address="127.0.0.1",  # new, whatever RAY_ADDRESS says
                  runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}})
     finally:
         os.environ.pop("RAY_GCS_SERVER_PORT", None)

@@ -55,11 +55,13 @@ def process_start() -> float:
         return time.time()
 
 
-def start() -> None:
-    """A CLI's first line: forget earlier commands' moments (tests run several in one
-    process), note the process's start and now."""
+def start(from_process: bool = True) -> None:
+    """A command's first line: forget earlier commands' moments (tests and notebooks run
+    several in one process), note its start and now. A CLI starts with its process (the
+    imports count); an API call (`from_process=False`) starts now."""
     _noted.clear()
-    _noted.update(process=process_start(), main=time.time())
+    now = time.time()
+    _noted.update(process=process_start() if from_process else now, main=now)
 
 
 def note(name: str, at: Optional[float] = None) -> None:
