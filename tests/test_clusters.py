@@ -217,6 +217,15 @@ LAUNCHER_BREAKAGES = {
 
 
 @pytest.mark.parametrize("path", LAUNCHERS, ids=ids)
+def test_launcher_autoscaler_adds_on_demand_workers_first(path):
+    """jobs/README: spot workers only past gpu_worker's max_workers, or with it at 0."""
+    config = load_docs(path)[0]
+    assert nodes_to_add(config, 4) == {"gpu_worker": 4}
+    _gpu_type(config)["max_workers"] = 0
+    assert nodes_to_add(config, 4) == {"gpu_spot_worker": 4}
+
+
+@pytest.mark.parametrize("path", LAUNCHERS, ids=ids)
 @pytest.mark.parametrize("breakage", LAUNCHER_BREAKAGES)
 def test_broken_launcher_config_is_rejected(path, breakage):
     mutate, expected = LAUNCHER_BREAKAGES[breakage]
@@ -574,26 +583,32 @@ def test_spot_group_lands_on_spot_only_and_runs_the_on_demand_pod(path):
     assert 'key eks.amazonaws.com/capacityType, values ["SPOT"]' in text  # the on-demand group's
 
 
-def autoscaler_plan(doc: dict, workers: int, **max_replicas: int) -> dict[str, int]:
-    """The pods Ray's autoscaler (v1, the KubeRay default; Ray 2.60's private helpers) adds per
-    group for `workers` Train workers of 2 CPUs and 1 GPU each, with some maxReplicas changed."""
-    from ray.autoscaler._private.kuberay.autoscaling_config import (
-        _derive_autoscaling_config_from_ray_cr)
+def nodes_to_add(config: dict, workers: int) -> dict[str, int]:
+    """The nodes per type that Ray's autoscaler (v1: the launcher's, and KubeRay's default; Ray
+    2.60's private helpers) adds to an empty cluster for `workers` Train workers of 2 CPUs and
+    1 GPU each."""
     from ray.autoscaler._private.node_provider_availability_tracker import (
         NodeAvailabilitySummary)
     from ray.autoscaler._private.resource_demand_scheduler import (
         _default_utilization_scorer, get_nodes_for)
 
-    spec = copy.deepcopy(_cluster_spec(doc))
-    for g in spec["workerGroupSpecs"]:
-        g["maxReplicas"] = max_replicas.get(g["groupName"].replace("-", "_"), g["maxReplicas"])
-    config = _derive_autoscaling_config_from_ray_cr(
-        {"metadata": {"name": "raycifar", "namespace": "default"}, "spec": spec})
     scorer = functools.partial(_default_utilization_scorer,
                                node_availability_summary=NodeAvailabilitySummary({}))
     plan, _ = get_nodes_for(config["available_node_types"], {}, config["head_node_type"],
                             config["max_workers"], [{"CPU": 2, "GPU": 1}] * workers, scorer)
     return dict(plan)
+
+
+def autoscaler_plan(doc: dict, workers: int, **max_replicas: int) -> dict[str, int]:
+    """`nodes_to_add` for a KubeRay manifest, with some groups' maxReplicas changed."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import (
+        _derive_autoscaling_config_from_ray_cr)
+
+    spec = copy.deepcopy(_cluster_spec(doc))
+    for g in spec["workerGroupSpecs"]:
+        g["maxReplicas"] = max_replicas.get(g["groupName"].replace("-", "_"), g["maxReplicas"])
+    return nodes_to_add(_derive_autoscaling_config_from_ray_cr(
+        {"metadata": {"name": "raycifar", "namespace": "default"}, "spec": spec}), workers)
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=ids)
