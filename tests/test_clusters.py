@@ -1,6 +1,8 @@
 """jobs/clusters/*: Ray's own schema for the launcher YAMLs, the KubeRay CRDs for the manifests,
-our CLI parser for every training command they run, and the shared-storage rule
-(raycifar/cluster/placement.py). Offline and without credentials; a few seconds.
+our CLI parser for every training command they run, the shared-storage rule
+(raycifar/cluster/placement.py), and the KubeRay spot group (spot nodes only, the on-demand pod,
+grown after the on-demand group by Ray's own autoscaler). Offline and without credentials; a few
+seconds.
 
 Each file is checked by one function (`launcher_problems`, `manifest_problems`) that returns
 every problem found; the broken variants below go through the same function.
@@ -37,6 +39,12 @@ DOCKERFILE = CLUSTERS / "Dockerfile"
 # Ray 2.60) must outlast a GPU node's boot and image pull wherever a Train run is started.
 START_TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 MIN_START_TIMEOUT_S = 600
+# Node labels that mark spot capacity: GKE puts the first on every Spot VM node, EKS managed node
+# groups the second (value SPOT, ON_DEMAND otherwise) on theirs.
+SPOT_LABELS = {"cloud.google.com/gke-spot": "true", "eks.amazonaws.com/capacityType": "SPOT"}
+# The most GPU pods a group may grow to: the largest --num-workers these files run. More would
+# only let a stray run rent more GPUs.
+MAX_GPU_PODS = 4
 # A node that pip-installs torch (or this package, which pulls torch in) at boot may get another
 # torch/CUDA build than the image's; every node runs the image instead.
 PER_NODE_TORCH = re.compile(r"pip3?\s+install\b[^;&|]*?(\btorch\b|torchvision|raycifar|\s-e\s|\s\.(\s|$))")
@@ -209,6 +217,15 @@ LAUNCHER_BREAKAGES = {
 
 
 @pytest.mark.parametrize("path", LAUNCHERS, ids=ids)
+def test_launcher_autoscaler_adds_on_demand_workers_first(path):
+    """jobs/README: spot workers only past gpu_worker's max_workers, or with it at 0."""
+    config = load_docs(path)[0]
+    assert nodes_to_add(config, 4) == {"gpu_worker": 4}
+    _gpu_type(config)["max_workers"] = 0
+    assert nodes_to_add(config, 4) == {"gpu_spot_worker": 4}
+
+
+@pytest.mark.parametrize("path", LAUNCHERS, ids=ids)
 @pytest.mark.parametrize("breakage", LAUNCHER_BREAKAGES)
 def test_broken_launcher_config_is_rejected(path, breakage):
     mutate, expected = LAUNCHER_BREAKAGES[breakage]
@@ -272,6 +289,91 @@ def _is_whole(q) -> bool:
     return isinstance(q, int) or (isinstance(q, str) and q.isdigit())
 
 
+def _required_node_terms(pod: dict) -> list[list[dict]]:
+    """The matchExpressions of each required node-affinity term (terms are ORed)."""
+    affinity = pod.get("affinity", {}).get("nodeAffinity", {})
+    terms = affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {})
+    return [term.get("matchExpressions", []) for term in terms.get("nodeSelectorTerms", [])]
+
+
+def capacity(pod: dict) -> tuple[str, str] | None:
+    """("spot", label) for a pod that can land only on spot nodes, ("on-demand", label) for one
+    that cannot land on them, None for a pod that may land on either."""
+    for key, value in SPOT_LABELS.items():
+        if pod.get("nodeSelector", {}).get(key) == value:
+            return "spot", key
+    terms = _required_node_terms(pod)
+    for kind, op, holds in [("spot", "In", lambda vs, v: vs == [v]),
+                            ("on-demand", "NotIn", lambda vs, v: v in vs)]:
+        for key, value in SPOT_LABELS.items():
+            if terms and all(any(e.get("key") == key and e.get("operator") == op
+                                 and holds(e.get("values", []), value) for e in term)
+                             for term in terms):
+                return kind, key
+    return None
+
+
+def _tolerates(pod: dict, key: str, value: str) -> bool:
+    return any(t.get("key") == key and t.get("effect", "NoSchedule") == "NoSchedule"
+               and (t.get("operator") == "Exists" or t.get("value") == value)
+               for t in pod.get("tolerations", []))
+
+
+def _gpu_groups(spec: dict) -> list[dict]:
+    return [g for g in spec.get("workerGroupSpecs", [])
+            if any(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
+                   for c in g["template"]["spec"]["containers"])]
+
+
+def capacity_problems(spec: dict) -> list[str]:
+    """Every GPU group lands only on spot nodes or only off them; a spot group runs the same pod
+    as the on-demand group (image, env, resources, mounts, volumes), so a run behaves the same on
+    either, and keys on the label that the on-demand group keeps off."""
+    problems = []
+    groups = {"spot": [], "on-demand": []}
+    for g in _gpu_groups(spec):
+        name, pod = g["groupName"], g["template"]["spec"]
+        hi = g.get("maxReplicas")
+        if isinstance(hi, int) and hi > MAX_GPU_PODS:
+            problems.append(f"group {name}: maxReplicas={hi} > {MAX_GPU_PODS}, the most GPU "
+                            "pods a run here asks for")
+        found = capacity(pod)
+        if found is None:
+            problems.append(f"group {name}: may land on spot and on-demand nodes alike (spot: a "
+                            f"nodeSelector on one of {sorted(SPOT_LABELS)}; on-demand: a "
+                            "required node affinity NotIn its spot value)")
+            continue
+        kind, key = found
+        groups[kind].append((g, key))
+        if kind == "spot" and key == "cloud.google.com/gke-spot" and not _tolerates(
+                pod, key, SPOT_LABELS[key]):
+            problems.append(f"group {name}: does not tolerate {key}=true:NoSchedule, the taint "
+                            "GKE spot pools may carry")
+    if not groups["spot"]:
+        problems.append("no spot worker group (a GPU group whose nodeSelector requires "
+                        f"one of {sorted(SPOT_LABELS)})")
+    if not groups["on-demand"]:
+        problems.append("no on-demand worker group (a GPU group kept off spot nodes)")
+    for spot, spot_key in groups["spot"]:
+        s_pod = spot["template"]["spec"]
+        for ondemand, od_key in groups["on-demand"]:
+            o_pod = ondemand["template"]["spec"]
+            where = f"group {spot['groupName']}"
+            if spot_key != od_key:
+                problems.append(f"{where} selects {spot_key} but group {ondemand['groupName']} "
+                                f"keeps off {od_key}: switch both to the same cloud")
+            for sc, oc in zip(s_pod["containers"], o_pod["containers"]):
+                for field in sorted(set(sc) | set(oc)):
+                    if sc.get(field) != oc.get(field):
+                        problems.append(f"{where}: {sc.get('name')}.{field} differs from group "
+                                        f"{ondemand['groupName']}'s")
+            if len(s_pod["containers"]) != len(o_pod["containers"]):
+                problems.append(f"{where}: not the containers of group {ondemand['groupName']}")
+            if s_pod.get("volumes") != o_pod.get("volumes"):
+                problems.append(f"{where}: volumes differ from group {ondemand['groupName']}'s")
+    return problems
+
+
 def manifest_problems(doc: dict, crds: bool = True) -> list[str]:
     """The CRD schema (strict) where we have it, then the rules the schema cannot express."""
     kind = doc.get("kind")
@@ -330,6 +432,7 @@ def manifest_problems(doc: dict, crds: bool = True) -> list[str]:
     if not any(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
                for _, pod in list(_pod_specs(spec))[1:] for c in pod["containers"]):
         problems.append("no GPU worker group")
+    problems += capacity_problems(spec)
     return problems
 
 
@@ -356,6 +459,25 @@ def _gpu_group(doc: dict) -> dict:
 
 def _gpu_container(doc: dict) -> dict:
     return _gpu_group(doc)["template"]["spec"]["containers"][0]
+
+
+def _spot_group(doc: dict) -> dict:
+    return _cluster_spec(doc)["workerGroupSpecs"][1]
+
+
+def _spot_pod(doc: dict) -> dict:
+    return _spot_group(doc)["template"]["spec"]
+
+
+def _spot_container(doc: dict) -> dict:
+    return _spot_pod(doc)["containers"][0]
+
+
+def _to_eks(doc: dict) -> None:
+    """The switch the manifests' comments describe: EKS managed node groups' label instead."""
+    _spot_pod(doc)["nodeSelector"] = {"eks.amazonaws.com/capacityType": "SPOT"}
+    ((expr,),) = _required_node_terms(_gpu_group(doc)["template"]["spec"])
+    expr.update(key="eks.amazonaws.com/capacityType", values=["SPOT"])
 
 
 def _head_container(doc: dict) -> dict:
@@ -400,6 +522,33 @@ MANIFEST_BREAKAGES = {
     "authOptions field unknown to the CRD": (
         lambda d: _cluster_spec(d)["authOptions"].__setitem__("secretRef", "x"),
         "secretRef", True),
+    "no spot group": (
+        lambda d: _cluster_spec(d)["workerGroupSpecs"].pop(1), "no spot worker group", False),
+    "spot group that may land on on-demand nodes": (
+        lambda d: _spot_pod(d).pop("nodeSelector"), "group cheap-spot: may land on", False),
+    "on-demand group that may land on spot nodes": (
+        lambda d: _gpu_group(d)["template"]["spec"].pop("affinity"), "group gpu: may land on",
+        False),
+    "half a switch to EKS (the on-demand group still keys on GKE's label)": (
+        lambda d: _spot_pod(d).__setitem__("nodeSelector",
+                                           {"eks.amazonaws.com/capacityType": "SPOT"}),
+        "switch both", False),
+    "spot group without GKE's spot toleration": (
+        lambda d: _spot_pod(d).__setitem__("tolerations", _spot_pod(d)["tolerations"][:1]),
+        "cloud.google.com/gke-spot=true:NoSchedule", False),
+    "spot group on another image": (
+        lambda d: _spot_container(d).__setitem__("image", "my-registry.example.com/raycifar:0.0.9"),
+        "ray-worker.image differs", False),
+    "spot group without the start timeout": (
+        lambda d: _spot_container(d).__setitem__("env", _spot_container(d)["env"][:1]),
+        "ray-worker.env differs", False),
+    "spot group with its own volumes": (
+        lambda d: _spot_pod(d)["volumes"].pop(0), "volumes differ", False),
+    "spot group growing past the largest run": (
+        lambda d: _spot_group(d).__setitem__("maxReplicas", 40), "maxReplicas=40 > 4", False),
+    "typo in the spot group's nodeSelector key": (
+        lambda d: _spot_pod(d).__setitem__("nodeSelecter", _spot_pod(d).pop("nodeSelector")),
+        "nodeSelecter", True),
     "head exposed as a LoadBalancer": (
         lambda d: _cluster_spec(d)["headGroupSpec"].__setitem__("serviceType", "LoadBalancer"),
         "ClusterIP", False),
@@ -416,6 +565,65 @@ def test_broken_kuberay_manifest_is_rejected(path, breakage):
     mutate(doc)
     problems = manifest_problems(doc, crds=crds and SCHEMA_DIR.is_dir())
     assert problems and expected in " ".join(problems), problems
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=ids)
+def test_spot_group_lands_on_spot_only_and_runs_the_on_demand_pod(path):
+    doc = _ray(load_docs(path))
+    assert [capacity(g["template"]["spec"]) for g in _gpu_groups(_cluster_spec(doc))] == [
+        ("on-demand", "cloud.google.com/gke-spot"), ("spot", "cloud.google.com/gke-spot")]
+    assert _spot_group(doc)["minReplicas"] == 0 and _spot_group(doc)["maxReplicas"] == 4
+    assert _spot_pod(doc)["containers"] == _gpu_group(doc)["template"]["spec"]["containers"]
+    # The EKS switch that the comments describe passes too (the CRD included).
+    _to_eks(doc)
+    assert manifest_problems(doc, crds=SCHEMA_DIR.is_dir()) == []
+    assert capacity(_spot_pod(doc)) == ("spot", "eks.amazonaws.com/capacityType")
+    text = path.read_text()
+    assert "eks.amazonaws.com/capacityType: SPOT" in text  # the spot group's comment
+    assert 'key eks.amazonaws.com/capacityType, values ["SPOT"]' in text  # the on-demand group's
+
+
+def nodes_to_add(config: dict, workers: int) -> dict[str, int]:
+    """The nodes per type that Ray's autoscaler (v1: the launcher's, and KubeRay's default; Ray
+    2.60's private helpers) adds to an empty cluster for `workers` Train workers of 2 CPUs and
+    1 GPU each."""
+    from ray.autoscaler._private.node_provider_availability_tracker import (
+        NodeAvailabilitySummary)
+    from ray.autoscaler._private.resource_demand_scheduler import (
+        _default_utilization_scorer, get_nodes_for)
+
+    scorer = functools.partial(_default_utilization_scorer,
+                               node_availability_summary=NodeAvailabilitySummary({}))
+    plan, _ = get_nodes_for(config["available_node_types"], {}, config["head_node_type"],
+                            config["max_workers"], [{"CPU": 2, "GPU": 1}] * workers, scorer)
+    return dict(plan)
+
+
+def autoscaler_plan(doc: dict, workers: int, **max_replicas: int) -> dict[str, int]:
+    """`nodes_to_add` for a KubeRay manifest, with some groups' maxReplicas changed."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import (
+        _derive_autoscaling_config_from_ray_cr)
+
+    spec = copy.deepcopy(_cluster_spec(doc))
+    for g in spec["workerGroupSpecs"]:
+        g["maxReplicas"] = max_replicas.get(g["groupName"].replace("-", "_"), g["maxReplicas"])
+    return nodes_to_add(_derive_autoscaling_config_from_ray_cr(
+        {"metadata": {"name": "raycifar", "namespace": "default"}, "spec": spec}), workers)
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=ids)
+def test_autoscaler_grows_the_on_demand_group_first(path):
+    """What the header promises: with both groups open a run gets on-demand pods and spot pods
+    only past `gpu`'s maxReplicas; `gpu`'s maxReplicas at 0 trains on spot only."""
+    doc = _ray(load_docs(path))
+    assert autoscaler_plan(doc, 4) == {"gpu": 4}
+    assert autoscaler_plan(doc, 6) == {"gpu": 4, "cheap-spot": 2}
+    assert autoscaler_plan(doc, 4, gpu=0) == {"cheap-spot": 4}
+    assert autoscaler_plan(doc, 4, cheap_spot=0) == {"gpu": 4}
+    # Why the spot group's name sorts before `gpu`: between groups that both fit, Ray takes
+    # the name that sorts last, so a `gpu-spot` group would get the fixed-size run.
+    _spot_group(doc)["groupName"] = "gpu-spot"
+    assert autoscaler_plan(doc, 4) == {"gpu-spot": 4}
 
 
 def test_pvc_must_be_read_write_many():
