@@ -87,6 +87,70 @@ def test_search_runs_two_trials_at_once_and_asha_stops_free_their_cpus(tmp_path,
     assert len(list(Path(cfg.storage_path).glob("search-lr-search-*"))) == 1
 
 
+def test_an_interrupted_search_resumes_its_trials_where_their_checkpoints_are(tmp_path,
+                                                                             ray_cluster):
+    """Ctrl-C (here SIGINT to the driver) while the candidates train; the same search run
+    again restores its Tune experiment, and each unfinished trial's Train run goes on from its
+    last checkpoint: the epochs it had checkpointed are not trained again (their metrics.csv
+    rows, timings included, are as they were) and every epoch appears once."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from raycifar.store.resume import checkpoint_epoch
+
+    cfg = tiny_train_config(tmp_path, name="cut", epochs=24, peak_epoch=5)
+    settings, lrs = SearchConfig(epochs=8, holdout=12), [0.05, 0.03]
+    address = ray_cluster.get_runtime_context().gcs_address
+    script = (
+        "import json, sys, ray\n"
+        "from raycifar.cluster.trials import search\n"
+        "from raycifar.recipe.config import SearchConfig, TrainConfig\n"
+        f"ray.init(address={address!r},\n"
+        f"         runtime_env={{'env_vars': {{'RAY_ADDRESS': {address!r}}}}})\n"
+        f"cfg = TrainConfig.from_dict(json.loads({json.dumps(json.dumps(cfg.to_dict()))}))\n"
+        f"search(cfg, 0.05, SearchConfig(epochs=8, holdout=12), lrs={lrs!r})\n")
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+
+    def trial_folders():
+        return sorted(Path(cfg.storage_path).glob("cut-trial-*"))
+
+    def epochs_done(folder: Path) -> int:
+        metrics = folder / "metrics.csv"
+        return max(0, len(metrics.read_text().splitlines()) - 1) if metrics.exists() else 0
+
+    while time.time() < deadline and driver.poll() is None:
+        done = [epochs_done(f) for f in trial_folders()]
+        if done and max(done) >= 2:
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, driver.stderr.read()[-2000:]
+    driver.send_signal(signal.SIGINT)
+    driver.wait(timeout=90)
+    kept = {}
+    for folder in trial_folders():
+        epoch = checkpoint_epoch(RunFolder(str(folder))) or 0
+        rows = (folder / "metrics.csv").read_text().splitlines()
+        kept[folder.name] = (epoch, rows[:1 + epoch])
+    assert any(epoch >= 1 and epoch < settings.epochs for epoch, _ in kept.values()), kept
+
+    best = search(cfg, 0.05, settings, lrs=lrs)
+    assert best["lr_max"] in lrs
+    # restored, not started again: the same trials (ids), no new ones for the same candidates
+    after = {f.name for f in trial_folders()}
+    assert set(kept) <= after and len(after) == len(lrs)
+    for name, (epoch, rows) in kept.items():
+        now = (Path(cfg.storage_path) / name / "metrics.csv").read_text().splitlines()
+        assert now[:1 + epoch] == rows, name  # checkpointed epochs not trained again
+        epochs = [int(r.split(",")[0]) for r in now[1:]]
+        assert epochs == list(range(1, len(epochs) + 1)), name  # each epoch once
+    table = RunFolder(cfg.run_dir).read_csv("lr_search.csv", ["lr_max", "epochs_run"])
+    assert sorted(float(r["lr_max"]) for r in table) == sorted(lrs)
+
+
 def test_lr_from_a_folder_without_a_finding_is_a_clear_error(tmp_path):
     with pytest.raises(RunFolderError, match="holds no lr_finder.json or best.json"):
         load_finding(str(tmp_path))
