@@ -21,11 +21,11 @@ from ..cluster.worker import Stopped
 from ..recipe import timeline
 from ..recipe.config import (ConfigError, Finding, LRChoice, RangeTestConfig, SearchConfig,
                              TrainConfig, resolve_storage_path)
-from ..recipe.data import TrainingData
+from ..recipe.data import TrainingData, check_hold_out, load_arrays
 from ..recipe.logs import log, setup as setup_logs
 from ..store import runs
 from ..store.resume import check_resumable, latest_checkpoint
-from ..store.runs import RunFolder
+from ..store.runs import RunFolder, check_writable
 from .results import Run
 
 GPU_FEEDING_LOADERS = 16  # ~70,000 / ~5,000 images/s on the H200 machine, rounded up
@@ -106,7 +106,10 @@ def find(cfg: TrainConfig, settings: RangeTestConfig, searching: Optional[Search
          address: Optional[str]) -> Finding:
     """The range test, then the search when asked; what `find_lrs` and `raycifar tune` run."""
     setup_logs()
-    data, _ = driver_data(cfg, searching and searching.holdout)  # bad data fails before Ray
+    data = TrainingData.of(load_arrays(cfg))  # fail fast on bad data, before Ray starts
+    if searching:
+        check_hold_out(searching.holdout, len(data.arrays.y_train))
+    check_writable(cfg.storage_path)
     reading = matching_finding(cfg, settings, len(data.arrays.y_train))
     if reading is not None:
         log.info(f"{cfg.run_dir}/{runs.LR_FINDER_CSV} holds a sweep with these settings on this "
