@@ -80,6 +80,7 @@ def test_fit_in_process_then_use_the_run(tmp_path):
     assert isinstance(run.metrics[-1]["test_acc"], float)
     assert run.config["config"]["name"] == "api" and run.config["lr_source"]["source"] == "flags"
     assert run.lr_finder is None  # the LRs were typed in
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()  # no Ray started
 
     again = raycifar.open_run(run.run_dir)
     assert again.summary == run.summary

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from raycifar.api import training as api_training
 from raycifar.cluster.lrs import load_finding, matching_finding
 from raycifar.cluster.trials import candidates, lr_find, search
 from raycifar.recipe.config import RangeTestConfig, SearchConfig
@@ -180,7 +181,7 @@ def test_a_sweep_kept_after_a_failed_reading_is_read_again_not_swept_again(tmp_p
     def no_ray(*args):
         raise AssertionError("a kept sweep is read again without Ray")
 
-    monkeypatch.setattr(tune, "init_ray", no_ray)
+    monkeypatch.setattr(api_training, "init_ray", no_ray)  # where `tune` reaches Ray
     argv = ["lr-find", "--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir,
             "--storage-path", cfg.storage_path, "--name", "flat", "--batch-size", "16",
             "--width", str(TINY_WIDTH),

@@ -168,7 +168,11 @@ def placement(rank: int, world: int, device: torch.device) -> list[dict]:
     it, config.json keeps it."""
     import ray
 
-    mine = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),  # Ray: where
+    # num_workers=0 (Ray Train's local mode) runs without Ray: asking for the runtime context
+    # there would start a whole local Ray just to name this node
+    on_ray = ray.is_initialized()
+    mine = {"rank": rank,
+            "node_id": ray.get_runtime_context().get_node_id() if on_ray else "local",  # Ray
             "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
             "device": str(device)}
     everyone = [mine]
