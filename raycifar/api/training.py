@@ -9,6 +9,7 @@ cluster's room, the checkpoint a re-run resumes from. Training itself is `cluste
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Mapping, Optional, Union
 
@@ -18,7 +19,7 @@ from ..cluster.placement import check_placement
 from ..cluster.trainer import driver_data, fit as fit_trainer
 from ..cluster.trials import lr_find, search as run_search
 from ..cluster.worker import Stopped
-from ..recipe import timeline
+from ..recipe import config_files, timeline
 from ..recipe.config import (ConfigError, Finding, LRChoice, RangeTestConfig, SearchConfig,
                              TrainConfig, resolve_storage_path)
 from ..recipe.data import TrainingData, check_hold_out, load_arrays
@@ -30,7 +31,7 @@ from .results import Run
 
 GPU_FEEDING_LOADERS = 16  # ~70,000 / ~5,000 images/s on the H200 machine, rounded up
 
-Settings = Union[TrainConfig, Mapping[str, Any], None]
+Settings = Union[TrainConfig, Mapping[str, Any], str, "os.PathLike[str]", None]
 
 
 def fit(config: Settings = None, *, address: Optional[str] = None, lr: Optional[str] = None,
@@ -40,7 +41,8 @@ def fit(config: Settings = None, *, address: Optional[str] = None, lr: Optional[
         **fields: Any) -> Run:
     """Train one run, as `raycifar train` does, and return it.
 
-    `config` is a TrainConfig or a dict of its fields; `fields` override it (every TrainConfig
+    `config` is a TrainConfig, a dict of its fields, or a config file as `--config` takes
+    (YAML or JSON, a run folder, a shipped preset's name); `fields` override it (every TrainConfig
     field, e.g. `subset=5000, epochs=4, num_workers=(2, 4)` for an elastic 2-4 workers). The
     LRs are found by the range test (`range_test`: a RangeTestConfig or a dict of its fields)
     and, with `search=True` (or a SearchConfig or dict), refined by the ASHA search; they are
@@ -49,6 +51,9 @@ def fit(config: Settings = None, *, address: Optional[str] = None, lr: Optional[
     an earlier run with `lr_from=RUN_DIR`. The same name again resumes that run from its last
     checkpoint.
     """
+    if isinstance(config, (str, os.PathLike)):
+        config, lr, lr_from, range_test, search = from_file(config, lr, lr_from, range_test,
+                                                            search)
     cfg, typed = train_config(config, fields)
     choice = lr_choice(lr, lr_from, range_test, search, typed)
     return train(cfg, choice, address, from_process=False)
@@ -61,8 +66,25 @@ def find_lrs(config: Settings = None, *, address: Optional[str] = None,
     """The range test (kept in the run folder: read again, not swept again, when its settings
     and data match) and, with `search`, the ASHA search of LRMAX; returns the LRs and where
     they came from. `raycifar tune lr-find` and `tune search` run this."""
+    if isinstance(config, (str, os.PathLike)):
+        config, _, _, range_test, search = from_file(config, None, None, range_test, search)
     cfg, _ = train_config(config, fields)
     return find(cfg, as_range_test(range_test), as_search(search), address)
+
+
+def from_file(name, lr, lr_from, range_test, search):
+    """A config file's settings under the keywords given beside it: its TrainConfig fields
+    (a dict for `train_config`), then lr, lr_from, range_test and search, each the keyword's
+    where one was given (a dict's fields over the file's)."""
+    found = config_files.load(os.fspath(name))
+    if isinstance(range_test, Mapping) or range_test is None:
+        range_test = {**found.range_test, **(range_test or {})}
+    if search is None:
+        search = found.search
+    elif isinstance(search, Mapping) and isinstance(found.search, dict):
+        search = {**found.search, **search}
+    return (found.fields, lr if lr is not None else found.lr,
+            lr_from if lr_from is not None else found.lr_from, range_test, search)
 
 
 def train(cfg: TrainConfig, choice: LRChoice, address: Optional[str],

@@ -107,7 +107,11 @@ def given(args: argparse.Namespace) -> frozenset:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, typed and defaulted from the dataclass."""
+    """One flag per TrainConfig field, typed and defaulted from the dataclass, and `--config`."""
+    parser.add_argument("--config", dest="config_file", metavar="FILE", default=None,
+                        help="settings from a YAML or JSON file, a run folder (its "
+                             "config.json: the run again, with the LRs it trained with) or a "
+                             "shipped preset (default, gpu-fast, smoke); flags given here win")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
@@ -121,6 +125,59 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                             else f.name.upper(),
                             help=HELP[f.name] + ("" if default is None else
                                                  " (default: %(default)s)"))
+
+
+# A config file's LR-choice keys as the flags' dests (cli.lr_flags): `search` turns on
+# --lr-search, its fields and the range test's go where their flags go.
+CHOICE_DESTS = {"lr": "lr", "lr_from": "lr_from"}
+RANGE_TEST_DESTS = {"start_lr": "start_lr", "end_lr": "end_lr", "num_steps": "num_steps",
+                    "mode": "sweep", "method": "method", "lr_min_rule": "lr_min_rule",
+                    "lr_min_div": "lr_min_div"}
+SEARCH_DESTS = {"candidates": "candidates", "epochs": "search_epochs", "holdout": "holdout",
+                "max_concurrent": "max_concurrent", "length": "search_length"}
+
+
+def parse(parser: argparse.ArgumentParser, argv: Optional[list[str]] = None
+          ) -> argparse.Namespace:
+    """`parser.parse_args`, with the settings of `--config FILE` (where the command, or the
+    subcommand asked for, has that flag) standing where the defaults would: a flag given wins.
+    The file's TrainConfig fields count as given (`given`), so its lr_max/lr_min are typed
+    LRs. Keys for flags the command lacks (the search's, in `tune lr-find`) are left out."""
+    from ..recipe import config_files
+
+    argv = sys.argv[1:] if argv is None else argv
+    target = _command_parser(parser, argv)
+    dests = {a.dest for a in target._actions} if target else set()
+    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    early.add_argument("--config", dest="config_file", default=None)
+    name = early.parse_known_args(argv)[0].config_file
+    if name is None or "config_file" not in dests:
+        return parser.parse_args(argv)
+    found = config_files.load(name)  # a ConfigError: one line from run_cli
+    values = dict(found.fields)
+    for key, dest in CHOICE_DESTS.items():
+        if getattr(found, key) is not None:
+            values[dest] = getattr(found, key)
+    values.update({RANGE_TEST_DESTS[k]: v for k, v in found.range_test.items()})
+    if found.search:
+        values["lr_search"] = True
+        if isinstance(found.search, dict):
+            values.update({SEARCH_DESTS[k]: v for k, v in found.search.items()})
+    target.set_defaults(**{k: v for k, v in values.items() if k in dests},
+                        given_flags=frozenset(found.fields))
+    return parser.parse_args(argv)
+
+
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]
+                    ) -> Optional[argparse.ArgumentParser]:
+    """The parser that will read the TrainConfig flags: `parser`, or the subcommand's
+    (`raycifar tune search ...`: the first word that names one)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            word = next((w for w in argv if not w.startswith("-")), None)
+            sub = action.choices.get(word)
+            return _command_parser(sub, argv[argv.index(word) + 1:]) if sub else None
+    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -144,7 +201,11 @@ def run_cli(main: Callable[[argparse.Namespace], int], parser: argparse.Argument
     """Parse, run, and turn user-fixable errors into one line on stderr and exit code 2."""
     from ..recipe.logs import setup
 
-    args = parser.parse_args(argv)
+    try:
+        args = parse(parser, argv)
+    except ConfigError as e:  # the --config file's
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     setup()
     try:
         return main(args)

@@ -354,7 +354,8 @@ class Finding:
             raise ConfigError([f"source={self.source!r} is not one of {LR_SOURCES}"])
 
     def describe(self) -> str:
-        said = {"flags": "flags --lr-max/--lr-min", "range-test": "range test",
+        said = {"flags": "--lr-max/--lr-min (or a config file's lr_max/lr_min)",
+                "range-test": "range test",
                 "search": "ASHA search", "earlier-run": "an earlier run",
                 "resumed": "the run being resumed"}[self.source]
         how = ", ".join(x for x in (self.method, self.where) if x)
