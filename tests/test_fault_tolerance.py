@@ -24,7 +24,8 @@ from raycifar.cluster.placement import user_error
 from raycifar.cluster.trainer import fit
 from raycifar.recipe.engine import DivergenceError
 from raycifar.recipe.faults import ENV
-from raycifar.store.resume import CHECKPOINT_FILE, CheckpointError, latest_checkpoint
+from raycifar.store.resume import (CHECKPOINT_FILE, CheckpointError, checkpoint_epoch,
+                                   latest_checkpoint)
 from raycifar.store.runs import METRIC_COLUMNS, RunFolder
 
 from conftest import TINY_WIDTH, tiny_train_config
@@ -121,15 +122,25 @@ def _has_checkpoint(run: RunFolder) -> bool:
         return False
 
 
+def _saved_epoch(run: RunFolder):
+    """The epoch of the run's last whole checkpoint, None while there is none (or mid-write)."""
+    try:
+        return checkpoint_epoch(run) if run.exists("metrics.csv") else None
+    except CheckpointError:
+        return None
+
+
 def _ray_servers() -> set[int]:
     out = subprocess.run(["pgrep", "-f", "gcs_server|raylet"], capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
 
 
 def test_a_terminated_driver_resumes_on_the_next_run(tmp_path):
-    """SIGTERM here; Ctrl-C (SIGINT) is sent to a run under load in the test below."""
+    """SIGTERM here; Ctrl-C (SIGINT) is sent to a run under load in the test below. The first
+    command's worker stalls at the start of epoch 3 (a hung worker), so the signal lands
+    mid-run however slow the machine is, and the second command trains epochs 3-4 only."""
     sig = signal.SIGTERM
-    epochs = 30  # enough that the run is still going when the signal lands
+    epochs = 4
     cfg = tiny_train_config(tmp_path, epochs=epochs, peak_epoch=2)
     argv = [sys.executable, "-m", "raycifar.train", "--data-dir", cfg.data_dir, "--cache-dir",
             cfg.cache_dir, "--storage-path", cfg.storage_path, "--name", "int",
@@ -139,21 +150,18 @@ def test_a_terminated_driver_resumes_on_the_next_run(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
     before = _ray_servers()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+                            env={**env, ENV: "stall:epoch=3:seconds=300"})
     run = RunFolder(os.path.join(cfg.storage_path, "int"))
     deadline = time.time() + 240
-    while not (run.exists("metrics.csv") and len(run.read_csv("metrics.csv")) >= 2):
+    while _saved_epoch(run) != 2:  # epoch 2's checkpoint whole on storage, epoch 3 stalled
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
         time.sleep(0.2)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
-    written = len(run.read_csv("metrics.csv"))
-    kept = int(out.split(f"interrupted; {run.uri} keeps the checkpoint of epoch ")[1].split()[0])
-    # metrics.csv is written before the epoch's checkpoint is uploaded (in the background) and
-    # registered: with sub-second epochs the rows may run a few epochs ahead of the kept
-    # checkpoint, and the resumed run rewrites them from it
-    assert 1 <= kept <= written < epochs
+    assert len(run.read_csv("metrics.csv")) == 2  # stopped while epoch 3 had not finished
+    assert f"interrupted; {run.uri} keeps the checkpoint of epoch 2" in out, out[-3000:]
+    kept = 2
     deadline = time.time() + 30
     while _ray_servers() - before and time.time() < deadline:  # the local Ray went with it
         time.sleep(0.5)

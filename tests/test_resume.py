@@ -96,9 +96,24 @@ def test_fault_specs_parse_and_bad_ones_are_refused():
     assert from_spec(None) is None
     assert Fault.parse("kill:epoch=2:step=3:rank=1:once=/x") == Fault("kill", 2, 3, 1, "/x")
     assert Fault.parse("nan:epoch=1") == Fault("nan", 1)
-    for bad in ("explode:epoch=1", "kill:step=2", "kill:epoch=1:when=now", "kill:epoch"):
+    assert Fault.parse("stall:epoch=3:seconds=0.5") == Fault("stall", 3, seconds=0.5)
+    for bad in ("explode:epoch=1", "kill:step=2", "kill:epoch=1:when=now", "kill:epoch",
+                "stall:epoch=1:seconds=long"):
         with pytest.raises(ConfigError):
             Fault.parse(bad)
+
+
+def test_a_stall_waits_at_its_place_only(tmp_path):
+    import time
+
+    stall = Fault.parse("stall:epoch=2:step=1:seconds=0.3")
+    model = CustomResNet(3, width=TINY_WIDTH)
+    started = time.monotonic()
+    for epoch, step in ((1, 1), (2, 0), (2, 2)):
+        stall.maybe_fire(epoch, step, 0, model)
+    assert time.monotonic() - started < 0.2
+    stall.maybe_fire(2, 1, 0, model)
+    assert time.monotonic() - started >= 0.3
 
 
 def test_a_nan_fault_fires_once_at_its_place(tmp_path):

@@ -5,17 +5,20 @@ worker in the loop config (so it works on a cluster whose workers have another e
 
     RAYCIFAR_FAULT="kill:epoch=2:step=3:rank=1:once=/tmp/fired"   # SIGKILL rank 1's process
     RAYCIFAR_FAULT="nan:epoch=2:step=0:once=/tmp/fired"           # NaN into the weights
+    RAYCIFAR_FAULT="stall:epoch=3:seconds=600"                    # the worker hangs there
 
 The fault fires on the worker with that rank (0 by default) just before the given step of the
 given epoch (the step counts from 0 within the epoch). ``once`` names a marker file: the fault
 fires only if the file does not exist yet and creates it first, so a restarted worker group does
-not die again at the same place.
+not die again at the same place. A stall sleeps (600 s unless ``seconds`` says) as a hung
+worker would: the run is stopped from outside while it waits (a signal to the driver).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -25,7 +28,8 @@ from torch import nn
 from .config import ConfigError
 
 ENV = "RAYCIFAR_FAULT"
-KINDS = ("kill", "nan")
+KINDS = ("kill", "nan", "stall")
+FIELDS = ("epoch", "step", "rank", "once", "seconds")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Fault:
     step: int = 0
     rank: int = 0
     once: Optional[str] = None
+    seconds: float = 600.0  # how long a stall lasts
 
     @classmethod
     def parse(cls, spec: str) -> "Fault":
@@ -44,10 +49,14 @@ class Fault:
         values: dict = {}
         for f in fields:
             key, sep, value = f.partition("=")
-            if not sep or key not in ("epoch", "step", "rank", "once"):
+            if not sep or key not in FIELDS:
                 raise ConfigError([f"{ENV}={spec!r}: cannot read {f!r} (epoch=, step=, rank=, "
-                                   "once=)"])
-            values[key] = value if key == "once" else int(value)
+                                   "once=, seconds=)"])
+            try:
+                values[key] = (value if key == "once" else float(value) if key == "seconds"
+                               else int(value))
+            except ValueError:
+                raise ConfigError([f"{ENV}={spec!r}: {key}= takes a number"]) from None
         if "epoch" not in values:
             raise ConfigError([f"{ENV}={spec!r}: say at which epoch (epoch=N)"])
         return cls(kind, **values)
@@ -63,6 +72,8 @@ class Fault:
                 return
         if self.kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, as in an OOM kill or a lost node
+        elif self.kind == "stall":
+            time.sleep(self.seconds)
         else:
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))
