@@ -55,14 +55,18 @@ def seeds_cli(cfg, *more: str, timeout: int = 600) -> subprocess.CompletedProces
 
 
 @pytest.mark.ray
-def test_seeds_run_in_parallel_resume_and_report(tmp_path):
+def test_seeds_run_in_parallel_resume_and_report(tmp_path, monkeypatch):
+    """... and are tracked in MLflow: a seeds run with a child run per seed, resumed."""
     cfg = tiny_train_config(tmp_path)
-    stopped = seeds_cli(cfg, "--stop-after-epoch", "1")  # each seed stops after epoch 1
+    tracking = pytest.importorskip("mlflow") and ["--tracker", "mlflow"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.chdir(tmp_path)  # its artifacts go to ./mlruns
+    stopped = seeds_cli(cfg, "--stop-after-epoch", "1", *tracking)  # each seed stops after 1
     assert stopped.returncode == 1, stopped.stdout[-3000:] + stopped.stderr[-3000:]
     folder = RunFolder(cfg.run_dir.replace("/tiny", "/seeds"))
     assert json.loads(folder.read_text("seeds.json"))["unfinished"] == [0, 1]
 
-    done = seeds_cli(cfg)  # the same name again: both seeds resume from epoch 1
+    done = seeds_cli(cfg, *tracking)  # the same name again: both seeds resume from epoch 1
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     assert out.count("resuming seeds-seed") == 2
@@ -85,3 +89,21 @@ def test_seeds_run_in_parallel_resume_and_report(tmp_path):
     md = write_report(folder.uri, str(tmp_path / "report")).read_text()
     assert "2 seeds: final test accuracy" in md and "![seeds](seeds.png)" in md
     assert (tmp_path / "report" / "seeds.png").stat().st_size > 5000
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    tracked = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name("raycifar").experiment_id])}
+    assert set(tracked) == {"seeds-seeds", "seeds-seed0", "seeds-seed1"}  # resumed, not doubled
+    parent = tracked["seeds-seeds"]
+    assert parent.info.status == "FINISHED" and parent.data.params["seeds"] == "2"
+    assert parent.data.metrics["final_test_acc.mean"] == pytest.approx(
+        summary["final_test_acc"]["mean"])
+    for seed in (0, 1):
+        child = tracked[f"seeds-seed{seed}"]
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED" and child.data.params["seed"] == str(seed)
+        assert [m.step for m in client.get_metric_history(child.info.run_id,
+                                                          "epoch/test_acc")] == [1, 2]
+        assert "model" in {a.path for a in client.list_artifacts(child.info.run_id)}

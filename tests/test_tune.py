@@ -1,5 +1,6 @@
 """Ray Tune for real on a local Ray: the range test as a Tune run, and the ASHA LR search."""
 
+import json
 import time
 from pathlib import Path
 
@@ -56,14 +57,26 @@ def test_lr_find_runs_as_a_tune_trial_and_writes_the_finding(tmp_path, ray_clust
     assert kept.read_json("lr_finder.json")["lr_max"] is None
 
 
-def test_search_runs_two_trials_at_once_and_asha_stops_free_their_cpus(tmp_path, ray_cluster):
+def test_search_runs_two_trials_at_once_and_asha_stops_free_their_cpus(tmp_path, ray_cluster,
+                                                                       monkeypatch):
+    """... tracked in W&B (offline): each candidate a run in the search's group, once, also
+    when the search is run again and Tune restores it with its pickled callbacks."""
+    from raycifar.store.trackers import TrackedRun
+
+    from test_trackers import wandb_read
+
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     cfg = tiny_train_config(tmp_path, name="search", epochs=24, peak_epoch=5)
     # Two good LRs first; the two hopeless ones reach ASHA's rung after good results are
     # recorded, so they are stopped, and the last one can only run if a stopped trial's CPU
     # came back (2 CPUs, 1 per trial).
     lrs = [0.05, 0.03, 1e-7, 2e-7]
     started = time.perf_counter()
-    best = search(cfg, 0.05, SearchConfig(epochs=3, holdout=12), lrs=lrs)
+    parent = TrackedRun.open("wandb", cfg.run_dir, "search-lrs", "find")
+    best = search(cfg, 0.05, SearchConfig(epochs=3, holdout=12), lrs=lrs, nest=parent)
+    parent.finish("finished")
     seconds = time.perf_counter() - started
     rows = RunFolder(cfg.run_dir).read_csv("lr_search.csv", ["lr_max", "epochs_run"])
     assert sorted(float(r["lr_max"]) for r in rows) == sorted(lrs)
@@ -81,11 +94,24 @@ def test_search_runs_two_trials_at_once_and_asha_stops_free_their_cpus(tmp_path,
                   for p in Path(cfg.storage_path).glob("search-trial-*")}
     assert len(trial_rows) == len(lrs)
     started = time.perf_counter()
-    assert search(cfg, 0.05, SearchConfig(epochs=3, holdout=12), lrs=lrs) == best
+    parent = TrackedRun.open("wandb", cfg.run_dir, "search-lrs", "find")
+    assert search(cfg, 0.05, SearchConfig(epochs=3, holdout=12), lrs=lrs, nest=parent) == best
+    parent.finish("finished")
     assert time.perf_counter() - started < seconds / 2
     assert {p.name: (p / "metrics.csv").read_text()
             for p in Path(cfg.storage_path).glob("search-trial-*")} == trial_rows
     assert len(list(Path(cfg.storage_path).glob("search-lr-search-*"))) == 1
+    children = {p.name: json.loads((p / "trackers.json").read_text())["train"]["wandb"]
+                for p in Path(cfg.storage_path).glob("search-trial-*")}
+    assert len(children) == len(lrs)
+    for name, state in children.items():
+        got = wandb_read(tmp_path, state["run_id"])
+        assert got["folders"] == 1 and got["run"].run_group == "search-lrs", name
+        assert got["run"].display_name == name and got["run"].job_type == "train"
+        epochs = int(RunFolder(f"{cfg.storage_path}/{name}").read_csv("metrics.csv")[-1]["epoch"])
+        assert [h["epoch"] for h in got["history"] if "epoch/test_acc" in h] == list(
+            range(1, epochs + 1))
+        assert state["outcome"] in ("finished", "stopped")  # ASHA stopped the weak ones
 
 
 def test_an_interrupted_search_resumes_its_trials_where_their_checkpoints_are(tmp_path,

@@ -27,7 +27,9 @@ from ..recipe.logs import log, setup as setup_logs
 from ..store import runs
 from ..store.resume import check_resumable, latest_checkpoint
 from ..store.runs import RunFolder, check_writable
+from ..store.trackers import TrackedRun
 from .results import Run
+from .tracking import close, tracked
 
 GPU_FEEDING_LOADERS = 16  # ~70,000 / ~5,000 images/s on the H200 machine, rounded up
 
@@ -94,13 +96,19 @@ def train(cfg: TrainConfig, choice: LRChoice, address: Optional[str],
     timeline.start(from_process)
     data, total_steps = driver_data(cfg, choice.search and choice.search.holdout)
     timeline.note("data")
+    with tracked(cfg) as tracker:  # opened (or refused) before Ray or any worker starts
+        return _train(cfg, choice, address, data, total_steps, tracker)
+
+
+def _train(cfg: TrainConfig, choice: LRChoice, address: Optional[str], data: TrainingData,
+           total_steps: int, tracker: Optional[TrackedRun]) -> Run:
     num_classes = len(data.arrays.classes)
     use_gpu = join_cluster(cfg, address) if cfg.num_workers > 0 else bool(cfg.use_gpu)
     timeline.note("ray")
     run = RunFolder(cfg.run_dir)
     run.delete_folder(runs.DIVERGED)  # a new command may try again (a changed LR fails below)
     cfg, found = choose_lrs(cfg, choice, use_gpu, latest_checkpoint(run) is not None, data,
-                            address)
+                            address, nest=tracker)
     timeline.note("lrs")
     after = check_resumable(cfg, num_classes, total_steps)
     if after is not None:
@@ -116,11 +124,13 @@ def train(cfg: TrainConfig, choice: LRChoice, address: Optional[str],
     if isinstance(summary, Stopped):
         log.info(f"stopped after epoch {summary.after_epoch}; run the same command "
                  f"without --stop-after-epoch to continue {cfg.run_dir}")
+        close(tracker, "stopped")
         return Run(cfg.run_dir, None, stopped_after_epoch=summary.after_epoch)
     log.info(f"done in {time.time() - timeline.noted()['process']:.0f}s: final test accuracy "
              f"{summary['final_test_acc']:.4f} (best {summary['best_test_acc']:.4f} at epoch "
              f"{summary['best_epoch']}), {summary['images_per_second']:.0f} train images/s; "
              f"run folder {cfg.run_dir}")
+    close(tracker, "finished", report=True)
     return Run(cfg.run_dir, summary)
 
 
@@ -132,6 +142,14 @@ def find(cfg: TrainConfig, settings: RangeTestConfig, searching: Optional[Search
     if searching:
         check_hold_out(searching.holdout, len(data.arrays.y_train))
     check_writable(cfg.storage_path)
+    with tracked(cfg, "find", f"{cfg.name}-lrs") as tracker:
+        found = _find(cfg, settings, searching, address, data, tracker)
+        close(tracker, "finished")
+        return found
+
+
+def _find(cfg: TrainConfig, settings: RangeTestConfig, searching: Optional[SearchConfig],
+          address: Optional[str], data: TrainingData, tracker: Optional[TrackedRun]) -> Finding:
     reading = matching_finding(cfg, settings, len(data.arrays.y_train))
     if reading is not None:
         log.info(f"{cfg.run_dir}/{runs.LR_FINDER_CSV} holds a sweep with these settings on this "
@@ -152,7 +170,7 @@ def find(cfg: TrainConfig, settings: RangeTestConfig, searching: Optional[Search
     if not searching:
         return found
     best = run_search(cfg, reading["lr_max"], searching, lr_min=reading["lr_min"],
-                      use_gpu=use_gpu, data=data)
+                      use_gpu=use_gpu, data=data, nest=tracker)
     log.info(f"search: LRMAX {best['lr_max']:.4g}, LRMIN {best['lr_min']:.4g}, held-out "
              f"accuracy {best['held_out_acc']:.4f}; {cfg.run_dir}/{runs.BEST}")
     return Finding(best["lr_max"], best["lr_min"], "search", f"{cfg.run_dir}/{runs.BEST}",

@@ -13,7 +13,7 @@ import traceback
 from typing import Callable, Optional
 
 from ..recipe.config import (AUGMENTS, COMPILE_MODES, DATA_FORMATS, OPTIMIZERS, PRECISIONS,
-                             ConfigError, RaycifarError, TrainConfig)
+                             TRACKERS, ConfigError, RaycifarError, TrainConfig)
 
 HELP = {
     "data_dir": "CIFAR-10 location: a cifar-10-batches-py folder or an image tree "
@@ -73,6 +73,9 @@ HELP = {
     "max_failures": "restart the worker group this many times after a worker or node dies (-1 "
                     "= always; default: 3 for an elastic run, else 0); preemptions with notice "
                     "are retried apart from these",
+    "tracker": "also log the run to MLflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME) or "
+               "W&B (WANDB_PROJECT, WANDB_MODE, ...): its config, metrics per epoch and step, "
+               "range test, LRs, model and report; needs raycifar[mlflow] or raycifar[wandb]",
 }
 def worker_count(text: str):
     """`--num-workers`: N, or MIN-MAX for an elastic run (a (min, max) pair)."""
@@ -90,7 +93,7 @@ def worker_count(text: str):
 TYPES = {"num_workers": worker_count, "max_failures": int}
 
 CHOICES = {"data_format": DATA_FORMATS, "optimizer": OPTIMIZERS, "precision": PRECISIONS,
-           "augment": AUGMENTS, "compile_mode": COMPILE_MODES}
+           "augment": AUGMENTS, "compile_mode": COMPILE_MODES, "tracker": TRACKERS}
 
 
 class _StoreGiven(argparse._StoreAction):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
+from ..api.tracking import close, tracked
 from ..api.training import find
 from ..cluster.connect import join_cluster
 from ..cluster.lrs import choose_lrs
@@ -49,16 +50,18 @@ def run_seeds(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise RaycifarError(f"--seeds {args.seeds} must be >= 1")
     data, _ = driver_data(cfg, choice.search and choice.search.holdout)
-    use_gpu = join_cluster(cfg, args.address)
-    folder = RunFolder(cfg.run_dir)
-    cfg, found = choose_lrs(cfg, choice, use_gpu, folder.exists(runs.CONFIG), data,
-                            args.address)
-    log.info(f"LRMAX {cfg.lr_max:.4g}, LRMIN {cfg.lr_min:.4g} from {found.describe()}, shared "
-             f"by {args.seeds} seeds from {cfg.seed}")
-    meta = runs.run_meta(found)
-    folder.write_json(runs.CONFIG, {"config": cfg.to_dict(), **meta, "seeds": args.seeds})
-    summary = seeds(cfg, args.seeds, use_gpu, data, meta, args.max_concurrent)
-    log.info(f"{describe_seeds(summary)}; {cfg.run_dir}/seeds.json")
+    with tracked(cfg, "seeds", f"{cfg.name}-seeds") as tracker:
+        use_gpu = join_cluster(cfg, args.address)
+        folder = RunFolder(cfg.run_dir)
+        cfg, found = choose_lrs(cfg, choice, use_gpu, folder.exists(runs.CONFIG), data,
+                                args.address, nest=tracker)
+        log.info(f"LRMAX {cfg.lr_max:.4g}, LRMIN {cfg.lr_min:.4g} from {found.describe()}, "
+                 f"shared by {args.seeds} seeds from {cfg.seed}")
+        meta = runs.run_meta(found)
+        folder.write_json(runs.CONFIG, {"config": cfg.to_dict(), **meta, "seeds": args.seeds})
+        summary = seeds(cfg, args.seeds, use_gpu, data, meta, args.max_concurrent, nest=tracker)
+        log.info(f"{describe_seeds(summary)}; {cfg.run_dir}/seeds.json")
+        close(tracker, "stopped" if summary["unfinished"] else "finished", report=True)
     return 0 if not summary["unfinished"] else 1
 
 

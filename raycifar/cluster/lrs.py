@@ -17,15 +17,17 @@ from ..recipe.lr_finder import RangeTestError, reread
 from ..store import runs
 from ..store.range_test import save_range_test
 from ..store.runs import RunFolder, RunFolderError
+from ..store.trackers import TrackedRun
 from . import trials
 from .connect import init_ray
 
 
 def choose_lrs(cfg: TrainConfig, choice: LRChoice, use_gpu: bool, resuming: bool,
-               data: Optional[TrainingData] = None,
-               address: Optional[str] = None) -> tuple[TrainConfig, Finding]:
+               data: Optional[TrainingData] = None, address: Optional[str] = None,
+               nest: Optional[TrackedRun] = None) -> tuple[TrainConfig, Finding]:
     """`cfg` with the LRs chosen, and how they were (on `data`, the driver's, when given; a
-    Tune run joins the cluster at `address` as init_ray does)."""
+    Tune run joins the cluster at `address` as init_ray does; a search's candidates are
+    tracked as children of `nest`)."""
     if choice.lr_from:
         found = load_finding(choice.lr_from)
     elif choice.mode == "auto" and resuming:  # the LRs this run started with, however found
@@ -35,14 +37,15 @@ def choose_lrs(cfg: TrainConfig, choice: LRChoice, use_gpu: bool, resuming: bool
                         f"{cfg.run_dir}/{runs.CONFIG}",
                         found_by=before.get("source", "its flags"))
     elif choice.mode == "auto":
-        found = find(cfg, choice, use_gpu, data or TrainingData.of(load_arrays(cfg)), address)
+        found = find(cfg, choice, use_gpu, data or TrainingData.of(load_arrays(cfg)), address,
+                     nest)
     else:
         found = Finding(cfg.lr_max, cfg.lr_min, "flags")
     return cfg.replace(lr_max=found.lr_max, lr_min=found.lr_min), found
 
 
 def find(cfg: TrainConfig, choice: LRChoice, use_gpu: bool, data: TrainingData,
-         address: Optional[str] = None) -> Finding:
+         address: Optional[str] = None, nest: Optional[TrackedRun] = None) -> Finding:
     """The range test's finding (a kept sweep read again, or a new Tune run), then the
     search's when the choice has one. The Tune runs join (or start) Ray if nothing has yet:
     an in-process training (`--num-workers 0`) still runs its range test as a Tune run."""
@@ -59,7 +62,7 @@ def find(cfg: TrainConfig, choice: LRChoice, use_gpu: bool, data: TrainingData,
         return found
     init_ray(address)
     best = trials.search(cfg, found.lr_max, choice.search, lr_min=found.lr_min,
-                         use_gpu=use_gpu, data=data)
+                         use_gpu=use_gpu, data=data, nest=nest)
     return Finding(best["lr_max"], best["lr_min"], "search", f"{cfg.run_dir}/{runs.BEST}",
                    best["method"])
 

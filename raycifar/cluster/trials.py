@@ -36,6 +36,7 @@ from ..store import runs
 from ..store.range_test import save_range_test
 from ..store.runs import RunFolder
 from ..store.seeds import seed_run_name, write_table
+from ..store.trackers import TrackedRun
 from .trainer import fit
 
 # What a search trial holds itself: its Train workers hold the CPUs and GPUs. Tune needs some
@@ -181,13 +182,15 @@ def search_plan(cfg: TrainConfig, center: float, lr_min: float, settings: Search
 
 def search(cfg: TrainConfig, center: float, settings: SearchConfig = SearchConfig(),
            lr_min: Optional[float] = None, use_gpu: bool = False,
-           data: Optional[TrainingData] = None, lrs: Optional[list[float]] = None) -> dict:
+           data: Optional[TrainingData] = None, lrs: Optional[list[float]] = None,
+           nest: Optional[TrackedRun] = None) -> dict:
     """ASHA over the candidates (`lrs`, default: the log grid around `center`, the range test's
     LRMAX; `lr_min` its LRMIN, default center/10); writes lr_search.csv and best.json under
     cfg.run_dir and returns best.json's contents.
 
     `settings.holdout` of the training images in `data` (default: loaded here) are held out
     to rank the candidates; the rest reach every trial's workers through the object store.
+    Each candidate is tracked as a child of `nest` when given.
     """
     import ray
     from ray import tune
@@ -196,6 +199,7 @@ def search(cfg: TrainConfig, center: float, settings: SearchConfig = SearchConfi
     timeline.note("search")
 
     from .placement import trial_concurrency
+    from .tracking import track_trials
 
     plan = search_plan(cfg, center, lr_min or center / 10, settings, use_gpu, lrs)
     data = data or TrainingData.of(load_arrays(cfg))
@@ -208,10 +212,15 @@ def search(cfg: TrainConfig, center: float, settings: SearchConfig = SearchConfi
     # restores it, keeping finished trials and resuming unfinished ones from their own Train
     # checkpoints; other candidates or settings get a folder of their own.
     plan_id = hashlib.sha256(json.dumps(
-        {"train": plan.short.to_dict(), "pairs": plan.pairs, "grace": plan.grace},
+        {"train": plan.short.replace(tracker="none").to_dict(), "pairs": plan.pairs,
+         "grace": plan.grace},
         sort_keys=True).encode()).hexdigest()[:8]
     name = f"{cfg.name}-lr-search-{plan_id}"
     path = f"{cfg.storage_path.rstrip('/')}/{name}"
+    # a restored Tuner keeps the callbacks it was made with: they find this command's tracker
+    # run by the experiment's name
+    children = track_trials(name, nest, lambda trial: f"{cfg.storage_path.rstrip('/')}/"
+                            f"{cfg.name}-trial-{trial.trial_id}", with_model=False)
     if tune.Tuner.can_restore(path):
         log.info(f"resuming the LR search kept in {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True,
@@ -233,7 +242,8 @@ def search(cfg: TrainConfig, center: float, settings: SearchConfig = SearchConfi
             # A trial whose node died (its driver or its Train run) is tried again, and goes
             # on from its last checkpoint.
             run_config=tune.RunConfig(name=name, storage_path=cfg.storage_path, verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=2)),
+                                      failure_config=tune.FailureConfig(max_failures=2),
+                                      callbacks=children),
         )
     rows = [_search_row(r) for r in _fit(tuner)]
     rows.sort(key=lambda r: r["lr_max"])
@@ -272,25 +282,31 @@ def seed_trainable(config: dict, data=None) -> None:
 
 
 def seeds(cfg: TrainConfig, n: int, use_gpu: bool, data: TrainingData, meta: dict,
-          max_concurrent: Optional[int] = None) -> dict:
+          max_concurrent: Optional[int] = None, nest: Optional[TrackedRun] = None) -> dict:
     """N trainings that differ only in their seed (cfg.seed, cfg.seed + 1, ...) as parallel
     Tune trials, on the same data (selected with cfg.seed) and LRs; writes seeds.csv and
-    seeds.json in cfg.run_dir and returns seeds.json's contents."""
+    seeds.json in cfg.run_dir and returns seeds.json's contents. Each seed's run is tracked
+    as a child of `nest` when given."""
     import ray
     from ray import tune
 
     from .placement import trial_concurrency
+    from .tracking import track_trials
 
     values = [cfg.seed + k for k in range(n)]
     slots = trial_concurrency(ray.nodes(), cfg, use_gpu, n, max_concurrent, what="seeds run")
     trainable = tune.with_parameters(seed_trainable, data=ray.put(data))
+    storage = cfg.storage_path.rstrip("/")
+    children = track_trials(f"{cfg.name}-seeds", nest, lambda trial: f"{storage}/"
+                            f"{seed_run_name(cfg.name, trial.config['seed'])}")
     tuner = tune.Tuner(
         tune.with_resources(trainable, TRIAL_DRIVER),
         param_space={"train": cfg.to_dict(), "seed": tune.grid_search(values),
                      "use_gpu": use_gpu, "meta": meta},
         tune_config=tune.TuneConfig(max_concurrent_trials=slots),
-        run_config=tune.RunConfig(name=f"{cfg.name}-seeds", storage_path=cfg.storage_path,
-                                  verbose=0),
+        run_config=tune.RunConfig(
+            name=f"{cfg.name}-seeds", storage_path=cfg.storage_path, verbose=0,
+            callbacks=children),
     )
     _fit(tuner)
     return write_table(cfg.storage_path, cfg.name, values,

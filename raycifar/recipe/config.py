@@ -20,6 +20,9 @@ AUGMENTS = ("albumentations", "gpu")
 # tries kernel configurations (minutes of compiling) and replays CUDA graphs too
 GRAPH_MODES = ("reduce-overhead", "max-autotune")
 COMPILE_MODES = ("default",) + GRAPH_MODES
+# where a run's parameters, metrics and files are also sent (TensorBoard files are always
+# written): each an optional extra, raycifar[mlflow] and raycifar[wandb]
+TRACKERS = ("none", "mlflow", "wandb")
 
 
 class RaycifarError(Exception):
@@ -102,6 +105,9 @@ class TrainConfig:
                                           # elastic run, else 0. Preemptions (a node drained
                                           # with notice) are retried apart from these, always
 
+    # --- reporting ---
+    tracker: str = "none"                 # TRACKERS: also log the run to MLflow or W&B
+
     def __post_init__(self) -> None:
         problems = _validate(self)
         if problems:
@@ -183,6 +189,7 @@ def _validate(c: TrainConfig) -> list[str]:
     need(c.optimizer in OPTIMIZERS, f"optimizer={c.optimizer!r} is not one of {OPTIMIZERS}")
     need(c.augment in AUGMENTS, f"augment={c.augment!r} is not one of {AUGMENTS}")
     need(c.precision in PRECISIONS, f"precision={c.precision!r} is not one of {PRECISIONS}")
+    need(c.tracker in TRACKERS, f"tracker={c.tracker!r} is not one of {TRACKERS}")
     need(c.compile_mode in COMPILE_MODES,
          f"compile_mode={c.compile_mode!r} is not one of {COMPILE_MODES}")
     need(c.epochs >= 1, f"epochs={c.epochs} must be >= 1")

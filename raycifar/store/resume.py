@@ -39,12 +39,12 @@ def latest_checkpoint_dir(run) -> Optional[str]:
 
 STATE_KEYS = TrainState.keys()
 DONE_FILE = "done.json"  # beside CHECKPOINT_FILE: the epoch, the file's size and SHA-256
-# Settings a resumed run may change: where things are, how many processes, when to stop, and
-# whether the same network is torch.compile'd.
+# Settings a resumed run may change: where things are, how many processes, when to stop,
+# whether the same network is torch.compile'd, and where it is also logged.
 MAY_CHANGE = {"data_dir", "data_format", "cache_dir", "loader_workers", "num_workers",
               "cpus_per_worker", "gpus_per_worker", "use_gpu", "storage_path", "shared_storage",
               "name", "max_failures", "stop_after_epoch", "compile", "compile_mode",
-              "min_workers", "resize_seconds"}
+              "min_workers", "resize_seconds", "tracker"}
 
 
 def latest_checkpoint(run: RunFolder, registered: Optional[str] = "snapshot") -> Optional[str]:

@@ -1,0 +1,97 @@
+"""Tune trials tracked as children of a tracker run (`--tracker` with a search or seeds).
+
+`track_trials` gives the Tune callbacks for one Tune experiment: Tune runs them on the driver,
+so each trial's run folder is mirrored from there (store/trackers.py), opened when the trial
+starts, sent at each result Tune hears of (an epoch), ended with the trial. Tune keeps a
+Tuner's callbacks in its experiment state and a restored Tuner uses those, so a callback holds
+only the experiment's name: it finds the command's tracker run by that name in `_PARENTS`,
+which `track_trials` fills (and empties for a command without a tracker).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from ray.tune import Callback
+
+from ..recipe.logs import log
+from ..store import runs
+from ..store.trackers import TrackedRun
+
+
+@dataclass
+class _Parent:
+    run: TrackedRun
+    folder_of: Callable[[Any], str]   # a Tune trial's run folder
+    with_model: bool
+
+
+_PARENTS: dict[str, _Parent] = {}
+
+
+def track_trials(experiment: str, parent: Optional[TrackedRun],
+                 folder_of: Callable[[Any], str], with_model: bool = True) -> list[Callback]:
+    """The callbacks that track the trials of `experiment` under `parent` ([] without one)."""
+    if parent is None:
+        _PARENTS.pop(experiment, None)
+        return []
+    _PARENTS[experiment] = _Parent(parent, folder_of, with_model)
+    return [TrackTrials(experiment)]
+
+
+class TrackTrials(Callback):
+    """Mirrors each trial's run folder into a child of the experiment's tracker run. A
+    tracker failure here is a warning: the trials go on."""
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+        self.open: dict[str, Optional[TrackedRun]] = {}
+
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment
+        return {"experiment": self.experiment}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["experiment"])
+
+    def _child(self, trial) -> Optional[TrackedRun]:
+        parent = _PARENTS.get(self.experiment)
+        if parent is None:
+            return None
+        if trial.trial_id not in self.open:
+            folder = parent.folder_of(trial)
+            try:
+                self.open[trial.trial_id] = TrackedRun.open(
+                    parent.run.tracker.kind, folder, folder.rstrip("/").rsplit("/", 1)[-1],
+                    "train", parent.run)
+            except Exception as e:
+                log.warning(f"trial {trial.trial_id} is not tracked ({e})")
+                self.open[trial.trial_id] = None
+        return self.open[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._child(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        child = self._child(trial)
+        if child is not None:
+            child.mirror_quietly()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, failed=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, failed=True)
+
+    def _end(self, trial, failed: bool) -> None:
+        child = self._child(trial)
+        if child is None or child.ended:
+            return
+        # a candidate ASHA stopped early has no summary.json: stopped, not finished
+        outcome = ("failed" if failed else
+                   "finished" if child.folder.exists(runs.SUMMARY) else "stopped")
+        try:
+            child.finish(outcome, with_model=_PARENTS[self.experiment].with_model)
+        except Exception as e:
+            log.warning(f"{child.describe()} could not be ended ({e})")
+            child.ended = True
