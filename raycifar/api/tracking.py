@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, Optional
 
 from ..recipe.config import TrainConfig
 from ..recipe.logs import log
+from ..store import runs
 from ..store.trackers import TrackedRun, following
+from .results import default_out
 
 
 @contextmanager
@@ -44,25 +47,40 @@ def tracked(cfg: TrainConfig, role: str = "train", name: Optional[str] = None,
 
 def close(run: Optional[TrackedRun], outcome: str, report: bool = False) -> None:
     """End the tracker run as `outcome`; with `report`, the run's report drawn and sent too
-    (into <run>/report for a local run folder, a temporary folder for one on cloud storage)."""
+    (into <run>/report for a local run folder, a temporary folder for one on cloud storage;
+    a "find" run's report is its LR finder plot)."""
     if run is None or run.ended:
         return
     if not report:
         _end(run, outcome)
         return
-    from ..reading.report import write_report
-    from .results import default_out
-
     uri = run.folder.uri
     with tempfile.TemporaryDirectory(prefix="raycifar-report-") as tmp:
-        out = tmp if "://" in uri else default_out(uri)
+        out = tmp if "://" in uri or run.role == "find" else default_out(uri)
         try:
-            write_report(uri, out)
+            draw(run, out)
         except Exception as e:  # the plots are a courtesy: the run itself is done
             log.warning(f"the report for {run.name} could not be drawn ({e}); "
                         "sending the run without it")
             out = None
         _end(run, outcome, out)
+
+
+def draw(run: TrackedRun, out: str) -> None:
+    """The report of the run's folder into `out`: `raycifar report`'s, or for a "find" run
+    (the LRs alone, no training) the range test's plot."""
+    from ..reading.report import draw_lr_finder, read_columns, write_report  # matplotlib
+
+    if run.role != "find":
+        write_report(run.folder.uri, out)
+        return
+    folder = run.folder
+    if folder.exists(runs.LR_FINDER_CSV) and folder.exists(runs.LR_FINDER_JSON):
+        choice = folder.read_json(runs.LR_FINDER_JSON)
+        if choice.get("lr_max") is not None:
+            curve = read_columns(folder, runs.LR_FINDER_CSV, runs.LR_FINDER_COLUMNS[1:])
+            Path(out).mkdir(parents=True, exist_ok=True)
+            draw_lr_finder(curve, choice, Path(out) / "lr_finder.png")
 
 
 def _end(run: TrackedRun, outcome: str, report_dir: Optional[str] = None) -> None:

@@ -144,7 +144,7 @@ def find(cfg: TrainConfig, settings: RangeTestConfig, searching: Optional[Search
     check_writable(cfg.storage_path)
     with tracked(cfg, "find", f"{cfg.name}-lrs") as tracker:
         found = _find(cfg, settings, searching, address, data, tracker)
-        close(tracker, "finished")
+        close(tracker, "finished", report=True)
         return found
 
 

@@ -166,7 +166,8 @@ class TrackedRun:
         if source is None or not source.exists(runs.LR_FINDER_CSV):
             return
         rows = source.read_csv(runs.LR_FINDER_CSV, ["step", "lr", "loss"])
-        self.tracker.log("lr_find", [(int(float(r["step"])), _numbers(r)) for r in rows])
+        self.tracker.log("lr_find", [(int(float(r["step"])), {k: v for k, v in _numbers(r).items()
+                                                              if k != "step"}) for r in rows])
         self.state["sweep"] = len(rows)
 
     def _epochs(self) -> int:
