@@ -328,3 +328,45 @@ def test_wandb_without_a_key_online_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     with pytest.raises(TrackerError, match="W&B .* refused or could not be reached: .*API key"):
         TrackedRun.open("wandb", str(tmp_path / "run"), "run")
+
+
+def test_lr_find_from_a_kept_sweep_is_one_find_run_with_the_curve_and_its_plot(
+        tmp_path, mlflow_store, capsys):
+    """`tune lr-find --tracker mlflow` where the sweep is kept (read again: no Ray): a
+    reading that fails ends the tracker run as failed; the next command reopens the same run
+    and finishes it with the sweep, the LRs and the plot."""
+    import numpy as np
+
+    from raycifar.cli import tune
+    from raycifar.recipe.data import load_arrays
+    from raycifar.recipe.lr_finder import RangeTestError, reread
+    from raycifar.store.range_test import save_range_test
+
+    cfg = tiny_train_config(tmp_path, name="kept")
+    lrs = list(np.geomspace(1e-4, 1e-1, 30))
+    flat = list(2.3 + np.random.default_rng(0).normal(0, 0.002, 30))  # onset finds no fall
+    with pytest.raises(RangeTestError) as caught:
+        reread(lrs, flat, lr_min_rule="onset", settings={
+            "start_lr": 1e-4, "end_lr": 1e-1, "num_steps": 30, "mode": "exp"})
+    sweep = caught.value.sweep
+    sweep.settings.update(batch_size=16, train_images=len(load_arrays(cfg).y_train),
+                          seed=cfg.seed)
+    save_range_test(RunFolder(cfg.run_dir), sweep)  # what the Tune trial leaves behind
+    argv = ["lr-find", "--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir,
+            "--storage-path", cfg.storage_path, "--name", "kept", "--batch-size", "16",
+            "--start-lr", "1e-4", "--end-lr", "1e-1", "--num-steps", "30",
+            "--tracker", "mlflow"]
+    assert tune.cli([*argv, "--lr-min-rule", "onset"]) == 2
+    (failed,) = runs_of(mlflow_store)
+    assert failed.info.status == "FAILED" and failed.info.run_name == "kept-lrs"
+    assert tune.cli([*argv, "--method", "minimum", "--lr-min-rule", "div"]) == 0
+    (run,) = runs_of(mlflow_store)
+    rid = run.info.run_id
+    assert rid == failed.info.run_id and run.info.status == "FINISHED"
+    assert len(history(mlflow_store, rid, "lr_find/loss")) == 30
+    found = RunFolder(cfg.run_dir).read_json(runs.LR_FINDER_JSON)
+    # the failed reading's tags replaced by the one that worked
+    assert float(run.data.tags["lr_find.lr_max"]) == pytest.approx(found["lr_max"])
+    assert run.data.tags["lr_find.method"] == "minimum"
+    assert {a.path for a in mlflow_store.list_artifacts(rid, "report")} == {"report/lr_finder.png"}
+    assert not history(mlflow_store, rid, "epoch/test_acc")  # no training in a find run

@@ -1,8 +1,8 @@
 """The two experiment trackers, behind one small surface: `MLflowRun` and `WandbRun`.
 
 Each object is one open tracker run. `start` creates it, or reopens the run whose id the run
-folder kept (a resumed training logs into the run it started, never a second one); `params`,
-`log` (rows along one axis: epochs, optimizer steps or the range test's sweep steps),
+folder kept (a resumed training logs into the run it started, never a second one); `params`
+(write-once), `tags` (may change), `log` (rows along one axis: epochs, optimizer steps or the range test's sweep steps),
 `summary`, `artifacts` and `end` are all the rest of the package uses. Where each tool keeps
 its runs and who may write there comes from the tool's own environment variables
 (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME, WANDB_PROJECT, WANDB_MODE, WANDB_API_KEY, ...),
@@ -110,6 +110,15 @@ class MLflowRun:
         for i in range(0, len(new), 100):
             self.client.log_batch(self.run_id, params=new[i:i + 100])
 
+    def tags(self, values: dict[str, Any]) -> None:
+        """Tags, unlike params, may change: a reading read again replaces the last one."""
+        from mlflow.entities import RunTag
+
+        tags = [RunTag(k, (v if isinstance(v, str) else json.dumps(v))[:8000])
+                for k, v in sorted(values.items())]
+        for i in range(0, len(tags), 100):
+            self.client.log_batch(self.run_id, tags=tags[i:i + 100])
+
     def log(self, axis: str, rows: list[tuple[int, dict[str, Any]]]) -> None:
         from mlflow.entities import Metric
 
@@ -182,6 +191,8 @@ class WandbRun:
 
     def params(self, values: dict[str, Any]) -> None:
         self.run.config.update(values, allow_val_change=True)
+
+    tags = params  # W&B's config may change
 
     def log(self, axis: str, rows: list[tuple[int, dict[str, Any]]]) -> None:
         for step, values in rows:

@@ -10,8 +10,10 @@ library nor its credentials, and a tracker has one writer:
     metrics.csv        -> epoch/<column> per epoch (x: the epoch)
     lr_steps.csv       -> step/lr, step/momentum per optimizer step (the One Cycle)
     lr_finder.csv      -> lr_find/lr, /loss, /smoothed_loss, /curve per sweep step
-    lr_finder.json, best.json, lr_search.csv, seeds.json
-                       -> params lr_find.*, search.* and the summary of a seeds run
+    lr_finder.json, best.json
+                       -> lr_find.*, search.*: the reading and the search's pick (MLflow
+                          tags, as a reading read again changes; W&B config)
+    seeds.json         -> the summary of a seeds run
     at the end         -> summary.json's figures, the model, the report, the run's files
 
 What has been sent is kept in the folder's `trackers.json` (per role and tool: the tracker
@@ -23,6 +25,8 @@ every few seconds; any failure there is a warning, and the next pass tries again
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -145,14 +149,20 @@ class TrackedRun:
         if not state.get("params") and folder.exists(runs.CONFIG):
             self.tracker.params(params_of(folder.read_json(runs.CONFIG)))
             state["params"] = True
+        # a reading can change (read again with another method): sent as tags, which may
+        # change, each time the file does
         for name, prefix in ((runs.LR_FINDER_JSON, "lr_find"), (runs.BEST, "search")):
-            if not state.get(prefix) and folder.exists(name):
-                found = folder.read_json(name)
+            if folder.exists(name):
+                text = folder.read_text(name)
+                digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+                if state.get(prefix) == digest:
+                    continue
+                found = json.loads(text)
                 keep = {k: v for k, v in found.items() if k not in ("settings", "moments")}
                 keep.update({f"settings.{k}": v for k, v in found.get("settings", {}).items()
                              if k != "moments"})
-                self.tracker.params(_flat(prefix, keep, {}))
-                state[prefix] = True
+                self.tracker.tags(_flat(prefix, keep, {}))
+                state[prefix] = digest
 
     def _range_test(self) -> None:
         """The sweep of this folder, or of the run the LRs were taken from (`--lr-from`)."""
