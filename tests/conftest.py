@@ -102,25 +102,34 @@ def ray_cluster():
 
     import ray
 
-    from raycifar.cluster.connect import free_port
+    from simcluster import free_ports
 
-    port = free_port()
+    # Every port chosen here, as simcluster's nodes do: a second head like this one (another
+    # test process's) would otherwise share Ray's fixed defaults (the client server's 10001,
+    # the dashboard agent's 52365).
+    port, dashboard, client, agent_http, agent_grpc, metrics, env_agent = free_ports(7)
     address = f"127.0.0.1:{port}"
     temp = tempfile.mkdtemp(prefix="rc-ray-", dir="/tmp")  # short: Ray's socket paths are capped
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
                     "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={free_port()}", f"--temp-dir={temp}",
-                    "--disable-usage-stats"], check=True, capture_output=True)
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    f"--ray-client-server-port={client}",
+                    f"--dashboard-agent-listen-port={agent_http}",
+                    f"--dashboard-agent-grpc-port={agent_grpc}",
+                    f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={env_agent}",
+                    f"--temp-dir={temp}", "--disable-usage-stats"], check=True,
+                   capture_output=True)
     try:
         ray.init(address=address, runtime_env={"env_vars": {"RAY_ADDRESS": address}})
         yield ray
     finally:
         ray.shutdown()
         # `ray stop` would stop every Ray on the machine; stop only this head's processes.
-        # gcs_server and raylet can outlive SIGTERM (seen on a loaded machine): KILL after 10 s.
+        # gcs_server, raylet and the autoscaler's monitor outlive SIGTERM (on an idle machine
+        # too: still there 12 s after it), and a throwaway cluster needs no graceful end:
+        # KILL what is left after 2 s.
         subprocess.run(["pkill", "-f", temp], check=False)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 2
         while subprocess.run(["pgrep", "-f", temp], capture_output=True).returncode == 0:
             if time.monotonic() > deadline:
                 subprocess.run(["pkill", "-KILL", "-f", temp], check=False)
