@@ -17,9 +17,44 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Under pytest-xdist the test processes share the cores: each (and what it starts) gets its
+# share of math threads, not torch's default of one per core in every process. On 2 cores
+# (another job running too) the non-Ray tests took 94 s in two processes of two OpenMP threads
+# each, 35 s with one thread each, 60 s in one process.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 
 CLASSES = ["cat", "dog", "frog"]
 REPO = Path(__file__).resolve().parents[1]
+
+# The suite runs in two pytest-xdist processes (`-n 2 --dist loadgroup` in pyproject's
+# addopts), each test in the process its group is sent to. The files that start Ray runs go in
+# two lanes of about equal length (measured), one per process, each lane's files one after the
+# other: never more than two of them at once on the two cores. Files that share a module or
+# session fixture stay together. Every other test goes where there is room, mostly once a lane
+# is nearly done. Without xdist (`-p no:xdist`, `-n 0`) the groups mean nothing.
+XDIST_GROUPS = {
+    # lane a: ~510 s in one process on an idle 2-core machine
+    "test_tune.py": "ray-a", "test_multinode.py": "ray-a", "test_api.py": "ray-a",
+    "test_notebook.py": "ray-a", "test_cli.py": "ray-a",
+    # lane b: about as long
+    "test_fault_tolerance.py": "ray-b", "test_elastic.py": "ray-b", "test_seeds.py": "ray-b",
+    "test_gpu_check.py": "ray-b", "test_ray_train.py": "ray-b", "test_bench.py": "ray-b",
+    "test_doctor.py": "ray-b",
+    # the session's trained run, made once
+    "test_evaluate.py": "trained-run", "test_predict.py": "trained-run",
+    "test_report.py": "report",  # a module fixture
+    "test_trackers.py": "trackers",  # a module fixture (an empty MLflow store)
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+    for item in items:
+        group = XDIST_GROUPS.get(item.path.name)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def class_images(label: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -102,25 +137,34 @@ def ray_cluster():
 
     import ray
 
-    from raycifar.cluster.connect import free_port
+    from simcluster import free_ports
 
-    port = free_port()
+    # Every port chosen here, as simcluster's nodes do: a second head like this one (another
+    # test process's) would otherwise share Ray's fixed defaults (the client server's 10001,
+    # the dashboard agent's 52365).
+    port, dashboard, client, agent_http, agent_grpc, metrics, env_agent = free_ports(7)
     address = f"127.0.0.1:{port}"
     temp = tempfile.mkdtemp(prefix="rc-ray-", dir="/tmp")  # short: Ray's socket paths are capped
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
                     "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={free_port()}", f"--temp-dir={temp}",
-                    "--disable-usage-stats"], check=True, capture_output=True)
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    f"--ray-client-server-port={client}",
+                    f"--dashboard-agent-listen-port={agent_http}",
+                    f"--dashboard-agent-grpc-port={agent_grpc}",
+                    f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={env_agent}",
+                    f"--temp-dir={temp}", "--disable-usage-stats"], check=True,
+                   capture_output=True)
     try:
         ray.init(address=address, runtime_env={"env_vars": {"RAY_ADDRESS": address}})
         yield ray
     finally:
         ray.shutdown()
         # `ray stop` would stop every Ray on the machine; stop only this head's processes.
-        # gcs_server and raylet can outlive SIGTERM (seen on a loaded machine): KILL after 10 s.
+        # gcs_server, raylet and the autoscaler's monitor outlive SIGTERM (on an idle machine
+        # too: still there 12 s after it), and a throwaway cluster needs no graceful end:
+        # KILL what is left after 2 s.
         subprocess.run(["pkill", "-f", temp], check=False)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 2
         while subprocess.run(["pgrep", "-f", temp], capture_output=True).returncode == 0:
             if time.monotonic() > deadline:
                 subprocess.run(["pkill", "-KILL", "-f", temp], check=False)

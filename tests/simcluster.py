@@ -226,7 +226,9 @@ class SimCluster:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        kill_processes(str(self.root))
+        # gcs_server, the raylets and the autoscaler's monitor sit out SIGTERM (as for the
+        # session's head in conftest.py): a short grace, then KILL
+        kill_processes(str(self.root), grace=2)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -130,12 +130,29 @@ def _saved_epoch(run: RunFolder):
         return None
 
 
-def _ray_servers() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "gcs_server|raylet"], capture_output=True, text=True)
+@pytest.fixture
+def ray_root():
+    """A Ray temp root (RAY_TMPDIR) for the local Rays one test's commands start. Their
+    gcs_server and raylet name their session folder under it on their command lines, so the
+    test counts its own Ray processes only, not those of other Rays on the machine (the
+    session's head, another test process's clusters). Short: Ray's socket paths are capped."""
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="rcft", dir="/tmp")
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _ray_servers(root: str) -> set[int]:
+    """The live gcs_server and raylet processes of the local Rays started under `root`."""
+    out = subprocess.run(["pgrep", "-f", f"(gcs_server|raylet) .*{root}/"],
+                         capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
 
 
-def test_a_terminated_driver_resumes_on_the_next_run(tmp_path):
+def test_a_terminated_driver_resumes_on_the_next_run(tmp_path, ray_root):
     """SIGTERM here; Ctrl-C (SIGINT) is sent to a run under load in the test below. The first
     command's worker stalls at the start of epoch 3 (a hung worker), so the signal lands
     mid-run however slow the machine is, and the second command trains epochs 3-4 only."""
@@ -147,8 +164,8 @@ def test_a_terminated_driver_resumes_on_the_next_run(tmp_path):
             "--epochs", str(epochs), "--peak-epoch", "2", "--batch-size", "16", "--lr-max",
             "0.05", "--lr-min", "0.005", "--cpus-per-worker", "1", "--loader-workers", "0",
             "--precision", "fp32", "--width", str(TINY_WIDTH)]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
-    before = _ray_servers()
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},  # its own local Ray
+           "RAY_TMPDIR": ray_root}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**env, ENV: "stall:epoch=3:seconds=300"})
     run = RunFolder(os.path.join(cfg.storage_path, "int"))
@@ -156,6 +173,7 @@ def test_a_terminated_driver_resumes_on_the_next_run(tmp_path):
     while _saved_epoch(run) != 2:  # epoch 2's checkpoint whole on storage, epoch 3 stalled
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
         time.sleep(0.2)
+    assert _ray_servers(ray_root)  # the count below sees this command's local Ray
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
@@ -163,9 +181,9 @@ def test_a_terminated_driver_resumes_on_the_next_run(tmp_path):
     assert f"interrupted; {run.uri} keeps the checkpoint of epoch 2" in out, out[-3000:]
     kept = 2
     deadline = time.time() + 30
-    while _ray_servers() - before and time.time() < deadline:  # the local Ray went with it
+    while _ray_servers(ray_root) and time.time() < deadline:  # the local Ray went with it
         time.sleep(0.5)
-    assert not _ray_servers() - before
+    assert not _ray_servers(ray_root)
 
     again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=400)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -173,10 +191,11 @@ def test_a_terminated_driver_resumes_on_the_next_run(tmp_path):
     assert [int(r["epoch"]) for r in run.read_csv("metrics.csv")] == list(range(1, epochs + 1))
     steps = [int(s["step"]) for s in run.read_csv("lr_steps.csv")]
     assert steps == list(range(len(steps)))
-    assert not _ray_servers() - before
+    assert not _ray_servers(ray_root)
 
 
-def test_two_runs_and_a_search_at_once_end_cleanly_and_leave_nothing_behind(tmp_path):
+def test_two_runs_and_a_search_at_once_end_cleanly_and_leave_nothing_behind(tmp_path,
+                                                                             ray_root):
     """Each starts its own local Ray on the same 2 cores. One run and the search finish; the
     other run gets Ctrl-C (SIGINT) after its first epoch and stops cleanly. No Ray process
     survives."""
@@ -192,8 +211,8 @@ def test_two_runs_and_a_search_at_once_end_cleanly_and_leave_nothing_behind(tmp_
               "--candidates", "2", "--search-epochs", "2", "--holdout", "12",
               "--num-steps", "12", "--end-lr", "1"],
     }
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    before = _ray_servers()
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+           "RAY_TMPDIR": ray_root}  # one temp root for the three, as /tmp/ray is by default
     procs = {k: subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, env=env)
              for k, argv in commands.items()}
@@ -202,6 +221,7 @@ def test_two_runs_and_a_search_at_once_end_cleanly_and_leave_nothing_behind(tmp_
     while not _has_checkpoint(b):  # metrics.csv gets its row a moment before the checkpoint
         assert procs["b"].poll() is None and time.time() < deadline
         time.sleep(0.2)
+    assert _ray_servers(ray_root)  # the count below sees these commands' local Rays
     procs["b"].send_signal(signal.SIGINT)
     outs = {k: p.communicate(timeout=500)[0] for k, p in procs.items()}
     for k in ("a", "s"):
@@ -213,6 +233,6 @@ def test_two_runs_and_a_search_at_once_end_cleanly_and_leave_nothing_behind(tmp_
     assert a.exists("summary.json")
     assert RunFolder(os.path.join(cfg.storage_path, "s")).exists("best.json")
     deadline = time.time() + 30
-    while _ray_servers() - before and time.time() < deadline:
+    while _ray_servers(ray_root) and time.time() < deadline:
         time.sleep(0.5)
-    assert not _ray_servers() - before
+    assert not _ray_servers(ray_root)
