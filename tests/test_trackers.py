@@ -139,13 +139,18 @@ def test_the_tracker_is_a_checked_setting(tmp_path):
 def test_an_mlflow_run_holds_the_config_metrics_lrs_model_and_report(tmp_path, mlflow_store):
     cfg, run = fit_tiny(tmp_path, tracker="mlflow", stop_after_epoch=2)
     (first,) = runs_of(mlflow_store)
-    assert first.info.status == "KILLED" and first.info.run_name == "tiny"  # stopped, resumable
+    assert first.info.status == "KILLED" and first.info.run_name == "tiny"  # stopped
     assert [s for s, _ in history(mlflow_store, first.info.run_id, "epoch/test_acc")] == [1, 2]
 
-    cfg, run = fit_tiny(tmp_path, tracker="mlflow")  # the same name: resumed, in the same run
-    (tracked,) = runs_of(mlflow_store)
+    # in-process training (Ray Train's local mode) keeps no checkpoint: the same name trains
+    # from epoch 1 again, a new attempt, so a new tracker run (the resumed case, into the same
+    # run, is test_seeds' under Ray)
+    cfg, run = fit_tiny(tmp_path, tracker="mlflow")
+    got = {r.info.run_id: r for r in runs_of(mlflow_store)}
+    assert len(got) == 2 and got[first.info.run_id].info.status == "KILLED"
+    (tracked,) = [r for rid, r in got.items() if rid != first.info.run_id]
     rid = tracked.info.run_id
-    assert rid == first.info.run_id and tracked.info.status == "FINISHED"
+    assert tracked.info.status == "FINISHED"
     params = tracked.data.params
     for field, value in cfg.to_dict().items():  # every setting, by its own name
         assert field in params, field
@@ -169,25 +174,37 @@ def test_an_mlflow_run_holds_the_config_metrics_lrs_model_and_report(tmp_path, m
     assert state["run_id"] == rid and state["epochs"] == 3 and state["outcome"] == "finished"
 
 
-def test_a_wandb_offline_run_resumes_into_the_same_id(tmp_path, wandb_dir):
-    cfg, _ = fit_tiny(tmp_path, tracker="wandb", stop_after_epoch=1)
-    # W&B names an offline folder by the second and the run id: a command resumed within the
-    # same second (only here, in-process) would write into the first one's folder
-    time.sleep(1.1)
+def test_a_wandb_offline_run_holds_the_config_metrics_model_and_report(tmp_path, wandb_dir):
     cfg, run = fit_tiny(tmp_path, tracker="wandb")
     state = json.loads(Path(cfg.run_dir, TRACKERS_FILE).read_text())["train"]["wandb"]
     got = wandb_read(wandb_dir, state["run_id"])
-    assert got["folders"] == 2  # one per command, one run id: `wandb sync` makes them one run
+    assert got["folders"] == 1
     assert got["run"].display_name == "tiny" and got["run"].project == "tests"
     assert got["config"]["lr_max"] == 0.05 and got["config"]["epochs"] == 3
-    epochs = [h["epoch"] for h in got["history"] if "epoch/test_acc" in h]
-    assert epochs == [1, 2, 3]  # no epoch twice across the resume
+    assert [h["epoch"] for h in got["history"] if "epoch/test_acc" in h] == [1, 2, 3]
     steps = [h["opt_step"] for h in got["history"] if "step/lr" in h]
     assert steps == [int(s["step"]) for s in RunFolder(cfg.run_dir).read_csv(runs.STEPS)]
     assert got["summary"]["final_test_acc"] == pytest.approx(run.final_test_acc)
     assert got["artifacts"]["tiny-model"] == ["model.pt"]
     assert "report.md" in got["artifacts"]["tiny-report"]
     assert "config.json" in got["artifacts"]["tiny-files"]
+
+
+def test_a_wandb_run_reopened_by_a_resumed_command_keeps_its_id(tmp_path, wandb_dir):
+    folder = RunFolder(str(tmp_path / "run"))
+    write_epochs(folder, 1)
+    first = TrackedRun.open("wandb", folder.uri, "run")
+    first.finish("stopped")
+    # W&B names an offline folder by the second and the run id: a command resumed within the
+    # same second (only here) would write into the first one's folder
+    time.sleep(1.1)
+    write_epochs(folder, 3)  # the resumed command trained epochs 2-3
+    again = TrackedRun.open("wandb", folder.uri, "run")
+    assert again.mirror() == 2
+    again.finish("finished")
+    got = wandb_read(wandb_dir, first.state["run_id"])
+    assert again.state["run_id"] == first.state["run_id"] and got["folders"] == 2
+    assert [h["epoch"] for h in got["history"] if "epoch/lr" in h] == [1, 2, 3]
 
 
 def test_a_missing_extra_is_one_error_line_before_anything_runs(tmp_path, monkeypatch, capsys):
@@ -305,20 +322,42 @@ def test_tune_trials_become_children_and_the_callback_survives_tunes_pickling(
         assert len(history(mlflow_store, child.info.run_id, "epoch/test_acc")) == 2
     assert got["seeds-seed0"].data.metrics["final_test_acc"] == 0.9
     # a command without a tracker leaves a restored Tuner's callbacks with nothing to do
-    assert track_trials("exp", None, lambda t: "") == []
+    assert [type(c) for c in track_trials("exp", None, lambda t: "")] == [TrackTrials]
     callback.on_trial_start(0, trials, SimpleNamespace(trial_id="t9", config={"seed": 9}))
     assert len(runs_of(mlflow_store)) == 3
 
 
-def test_a_finished_child_is_not_reopened(tmp_path, mlflow_store):
+def test_a_finished_run_reopened_sends_nothing_twice_and_a_new_attempt_gets_a_new_run(
+        tmp_path, mlflow_store):
     folder = RunFolder(str(tmp_path / "done"))
     write_epochs(folder, 1)
     first = TrackedRun.open("mlflow", folder.uri, "done")
     first.finish("finished")
+    again = TrackedRun.open("mlflow", folder.uri, "done")  # e.g. tune lr-find, then search
+    assert again.tracker.run_id == first.tracker.run_id and again.mirror() == 0
+    again.finish("finished")
+    (run,) = runs_of(mlflow_store)
+    assert run.info.status == "FINISHED"
+    assert len(history(mlflow_store, run.info.run_id, "epoch/lr")) == 1
     again = TrackedRun.open("mlflow", folder.uri, "done")
-    assert again.ended and again.mirror() == 0
-    assert len(runs_of(mlflow_store)) == 1
-    assert runs_of(mlflow_store)[0].info.status == "FINISHED"
+    again.start_over()  # no checkpoint: training starts at epoch 1 again
+    assert again.tracker.run_id != first.tracker.run_id and again.mirror() == 1
+    statuses = sorted(r.info.status for r in runs_of(mlflow_store))
+    assert statuses == ["KILLED", "RUNNING"]
+
+
+def test_steps_written_after_a_pass_are_sent_by_the_next(tmp_path, mlflow_store):
+    """The worker writes an epoch's metrics.csv row, then its lr_steps.csv rows: a pass
+    between the two sends the rest of that epoch's steps next time, even with no new row."""
+    folder = RunFolder(str(tmp_path / "run"))
+    write_epochs(folder, 1)
+    steps = [{"step": i, "epoch": 1, "lr": 0.1 * i, "momentum": 0.9} for i in range(4)]
+    folder.write_csv(runs.STEPS, steps[:2], runs.STEP_COLUMNS)
+    tracked = TrackedRun.open("mlflow", folder.uri, "run")
+    assert tracked.mirror() == 1
+    folder.write_csv(runs.STEPS, steps, runs.STEP_COLUMNS)
+    tracked.finish("finished")
+    assert [s for s, _ in history(mlflow_store, tracked.tracker.run_id, "step/lr")] == [0, 1, 2, 3]
 
 
 def test_wandb_without_a_key_online_is_one_clear_error(tmp_path, monkeypatch):

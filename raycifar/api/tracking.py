@@ -84,13 +84,5 @@ def draw(run: TrackedRun, out: str) -> None:
 
 
 def _end(run: TrackedRun, outcome: str, report_dir: Optional[str] = None) -> None:
-    if run.ended:
-        return
-    try:
-        run.finish(outcome, report_dir)
-        log.info(f"{run.describe()}: {outcome}")
-    except Exception as e:
-        log.warning(f"{run.describe()} could not be ended ({type(e).__name__}: "
-                    f"{e}); the run folder {run.folder.uri} holds everything")
-        run.ended = True
-
+    if not run.ended:
+        run.finish_quietly(outcome, report_dir)

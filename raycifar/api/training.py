@@ -111,6 +111,8 @@ def _train(cfg: TrainConfig, choice: LRChoice, address: Optional[str], data: Tra
                             address, nest=tracker)
     timeline.note("lrs")
     after = check_resumable(cfg, num_classes, total_steps)
+    if after is None and tracker is not None and tracker.state.get("epochs"):
+        tracker.start_over()  # a new attempt from epoch 1: not into the last one's figures
     if after is not None:
         log.info(f"{cfg.run_dir} has a checkpoint: resuming after epoch {after} of "
                  f"{cfg.epochs} (use another --name to start fresh)")

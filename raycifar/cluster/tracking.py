@@ -2,7 +2,8 @@
 
 `track_trials` gives the Tune callbacks for one Tune experiment: Tune runs them on the driver,
 so each trial's run folder is mirrored from there (store/trackers.py), opened when the trial
-starts, sent at each result Tune hears of (an epoch), ended with the trial. Tune keeps a
+starts (or at its first result), sent by the command's Follower thread with the parent,
+ended with the trial. Tune keeps a
 Tuner's callbacks in its experiment state and a restored Tuner uses those, so a callback holds
 only the experiment's name: it finds the command's tracker run by that name in `_PARENTS`,
 which `track_trials` fills (and empties for a command without a tracker).
@@ -32,11 +33,13 @@ _PARENTS: dict[str, _Parent] = {}
 
 def track_trials(experiment: str, parent: Optional[TrackedRun],
                  folder_of: Callable[[Any], str], with_model: bool = True) -> list[Callback]:
-    """The callbacks that track the trials of `experiment` under `parent` ([] without one)."""
+    """The callbacks that track the trials of `experiment` under `parent`. They are there
+    without a parent too (and do nothing then), so that a Tuner made without a tracker and
+    restored with one tracks its trials."""
     if parent is None:
         _PARENTS.pop(experiment, None)
-        return []
-    _PARENTS[experiment] = _Parent(parent, folder_of, with_model)
+    else:
+        _PARENTS[experiment] = _Parent(parent, folder_of, with_model)
     return [TrackTrials(experiment)]
 
 
@@ -73,9 +76,9 @@ class TrackTrials(Callback):
         self._child(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        child = self._child(trial)
-        if child is not None:
-            child.mirror_quietly()
+        # opened here at the latest; sent by the command's Follower thread, never on Tune's
+        # own loop (a slow tracker would hold every trial's scheduling)
+        self._child(trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, failed=False)
@@ -90,8 +93,4 @@ class TrackTrials(Callback):
         # a candidate ASHA stopped early has no summary.json: stopped, not finished
         outcome = ("failed" if failed else
                    "finished" if child.folder.exists(runs.SUMMARY) else "stopped")
-        try:
-            child.finish(outcome, with_model=_PARENTS[self.experiment].with_model)
-        except Exception as e:
-            log.warning(f"{child.describe()} could not be ended ({e})")
-            child.ended = True
+        child.finish_quietly(outcome, with_model=_PARENTS[self.experiment].with_model)

@@ -59,8 +59,10 @@ class MLflowRun:
         self.run_id: Optional[str] = None
 
     def where(self) -> dict:
-        """What must match for a kept run id to be reopened: the store's URI."""
-        return {"tracking_uri": self.uri}
+        """What must match for a kept run id to be reopened: the store and experiment."""
+        return {"tracking_uri": self.uri,
+                "experiment": os.environ.get("MLFLOW_EXPERIMENT_ID")
+                or os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT)}
 
     def _experiment(self) -> str:
         wanted = os.environ.get("MLFLOW_EXPERIMENT_ID")
@@ -92,9 +94,8 @@ class MLflowRun:
     def _exists(self, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException
 
-        try:
-            self.client.get_run(run_id)
-            return True
+        try:  # a run deleted in MLflow's UI is still there, but may not be written
+            return self.client.get_run(run_id).info.lifecycle_stage != "deleted"
         except MlflowException as e:
             if getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
                 return False
@@ -166,7 +167,8 @@ class WandbRun:
         self.name = ""
 
     def where(self) -> dict:
-        return {"project": self.project, "entity": self.entity}
+        return {"project": self.project, "entity": self.entity,
+                "offline": os.environ.get("WANDB_MODE") == "offline"}
 
     def start(self, name: str, resume_id: Optional[str], parent: Optional["WandbRun"],
               role: str) -> str:

@@ -5,8 +5,7 @@ driver keeps up to date while the workers train, so the workers need neither the
 library nor its credentials, and a tracker has one writer:
 
     config.json        -> params: every TrainConfig field, where the LRs came from, version,
-                          commit, command (a resumed run adds keys it lacked: MLflow params
-                          are write-once)
+                          commit, command (sent once: MLflow params are write-once)
     metrics.csv        -> epoch/<column> per epoch (x: the epoch)
     lr_steps.csv       -> step/lr, step/momentum per optimizer step (the One Cycle)
     lr_finder.csv      -> lr_find/lr, /loss, /smoothed_loss, /curve per sweep step
@@ -103,10 +102,6 @@ class TrackedRun:
         kept = _read_state(folder).get(role, {}).get(kind, {})
         tracker = backend(kind)
         same = kept.get("where") == tracker.where()
-        if same and kept.get("outcome") == "finished":  # e.g. a seed done before a re-run
-            run = cls(tracker, folder, name, role, kept, parent)
-            run.ended = True
-            return run
         run_id = tracker.start(name, kept.get("run_id") if same else None,
                                parent.tracker if parent is not None else None, role)
         state = kept if same and kept.get("run_id") == run_id else {}
@@ -119,6 +114,18 @@ class TrackedRun:
 
     def describe(self) -> str:
         return self.tracker.describe()
+
+    def start_over(self) -> None:
+        """A new tracker run for a new attempt in the same folder (no checkpoint to resume
+        from): the last attempt's run ends as interrupted and keeps its figures."""
+        with self.lock:
+            self.tracker.end("interrupted")
+            kind = self.tracker.kind
+            self.tracker = backend(kind)
+            parent = self.parent.tracker if self.parent is not None else None
+            self.state = {"run_id": self.tracker.start(self.name, None, parent, self.role),
+                          "where": self.tracker.where()}
+            self._save()
 
     # ------------------------------------------------------------------ what the folder has
     def mirror(self) -> int:
@@ -181,11 +188,12 @@ class TrackedRun:
         self.state["sweep"] = len(rows)
 
     def _epochs(self) -> int:
+        """New metrics.csv rows, and every lr_steps.csv row up to the last epoch metrics.csv
+        has (the worker writes metrics.csv first: steps written after a pass go next time)."""
         if not self.folder.exists(runs.METRICS):
             return 0
         done = self.state.get("epochs", 0)
-        rows = [r for r in self.folder.read_csv(runs.METRICS, runs.REQUIRED_METRICS)
-                if int(r["epoch"]) > done]
+        rows = self.folder.read_csv(runs.METRICS, runs.REQUIRED_METRICS)
         if not rows:
             return 0
         last = max(int(r["epoch"]) for r in rows)
@@ -199,10 +207,13 @@ class TrackedRun:
                                                if k not in ("step", "epoch")})
                                           for i, s in steps])
                 self.state["steps"] = steps[-1][0]
+        new = [r for r in rows if int(r["epoch"]) > done]
+        if not new:
+            return 0
         self.tracker.log("epoch", [(int(r["epoch"]), {k: v for k, v in _numbers(r).items()
-                                                      if k != "epoch"}) for r in rows])
+                                                      if k != "epoch"}) for r in new])
         self.state["epochs"] = last
-        return len(rows)
+        return len(new)
 
     # ------------------------------------------------------------------ the end
     def finish(self, outcome: str, report_dir: Optional[str] = None,
@@ -215,16 +226,30 @@ class TrackedRun:
             if self.ended:
                 return
             for child in self.children:
-                child.finish("interrupted" if outcome == "finished" else outcome,
-                             with_model=with_model)
-            self.mirror()
-            self._summary()
-            if outcome in ("finished", "stopped"):
-                self._files(report_dir, with_model)
-            self.tracker.end(outcome)
+                child.finish_quietly("interrupted" if outcome == "finished" else outcome,
+                                     with_model=with_model)
+            try:
+                self.mirror()
+                self._summary()
+                if outcome in ("finished", "stopped"):
+                    self._files(report_dir, with_model)
+            finally:  # whatever failed to send, the tracker run does not stay open
+                self.ended = True
+                self.tracker.end(outcome)
+                self.state["outcome"] = outcome
+                self._save()
+
+    def finish_quietly(self, outcome: str, report_dir: Optional[str] = None,
+                       with_model: bool = True) -> None:
+        """finish(), a failure a warning: the run folder holds everything anyway."""
+        try:
+            self.finish(outcome, report_dir, with_model)
+            log.info(f"{self.describe()}: {outcome}")
+        except Exception as e:
+            log.warning(f"{self.describe()} could not be ended as {outcome} "
+                        f"({type(e).__name__}: {e}); the run folder {self.folder.uri} holds "
+                        "everything")
             self.ended = True
-            self.state["outcome"] = outcome
-            self._save()
 
     def _summary(self) -> None:
         for name in (runs.SUMMARY, SEEDS_JSON):
