@@ -327,6 +327,32 @@ def test_tune_trials_become_children_and_the_callback_survives_tunes_pickling(
     assert len(runs_of(mlflow_store)) == 3
 
 
+def test_a_trial_the_scheduler_stops_ends_with_the_experiment_and_its_last_epoch(
+        tmp_path, mlflow_store):
+    """ASHA stops a candidate after a result while its worker trains on: the epoch it writes
+    after Tune's on_trial_complete is sent too, and the child ends as stopped when Tune ends
+    the experiment (the race that left a stopped candidate's tracker run an epoch short)."""
+    from raycifar.cluster.tracking import track_trials
+
+    parent = TrackedRun.open("mlflow", str(tmp_path / "search"), "search-lrs", "find")
+    folder = RunFolder(str(tmp_path / "search-trial-a"))
+    (callback,) = track_trials("asha", parent, lambda t: folder.uri, with_model=False)
+    trial = SimpleNamespace(trial_id="a", config={})
+    callback.on_trial_start(0, [trial], trial)
+    folder.write_json(runs.CONFIG, {"config": TrainConfig().to_dict()})
+    write_epochs(folder, 1)
+    callback.on_trial_complete(0, [trial], trial)  # stopped: no summary.json
+    write_epochs(folder, 2)  # the epoch its worker finished meanwhile
+    (child,) = parent.children
+    assert not child.ended
+    callback.on_experiment_end([trial])
+    assert child.ended and child.state["outcome"] == "stopped"
+    parent.finish("finished")
+    got = {r.info.run_name: r for r in runs_of(mlflow_store)}
+    assert got["search-trial-a"].info.status == "KILLED"  # MLflow's word for stopped
+    assert [s for s, _ in history(mlflow_store, child.tracker.run_id, "epoch/test_acc")] == [1, 2]
+
+
 def test_a_finished_run_reopened_sends_nothing_twice_and_a_new_attempt_gets_a_new_run(
         tmp_path, mlflow_store):
     folder = RunFolder(str(tmp_path / "done"))

@@ -50,6 +50,7 @@ class TrackTrials(Callback):
     def __init__(self, experiment: str):
         self.experiment = experiment
         self.open: dict[str, Optional[TrackedRun]] = {}
+        self.stopped: list[TrackedRun] = []  # ended by the scheduler, sent when Tune ends
 
     def __getstate__(self) -> dict:  # Tune pickles its callbacks with the experiment
         return {"experiment": self.experiment}
@@ -86,11 +87,25 @@ class TrackTrials(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._end(trial, failed=True)
 
+    def on_experiment_end(self, trials, **info):
+        # Tune has stopped every trial's actor by now: what their workers wrote after the
+        # scheduler's decision is in their folders
+        for child in self.stopped:
+            self._finish(child, "stopped")
+        self.stopped = []
+
     def _end(self, trial, failed: bool) -> None:
         child = self._child(trial)
         if child is None or child.ended:
             return
-        # a candidate ASHA stopped early has no summary.json: stopped, not finished
-        outcome = ("failed" if failed else
-                   "finished" if child.folder.exists(runs.SUMMARY) else "stopped")
-        child.finish_quietly(outcome, with_model=_PARENTS[self.experiment].with_model)
+        if failed or child.folder.exists(runs.SUMMARY):
+            self._finish(child, "failed" if failed else "finished")
+        else:
+            # a candidate ASHA stopped early (no summary.json) trains on while Tune stops its
+            # actor, and may write one more epoch: it ends with the experiment, followed
+            # until then like any open child
+            self.stopped.append(child)
+
+    def _finish(self, child: TrackedRun, outcome: str) -> None:
+        parent = _PARENTS.get(self.experiment)
+        child.finish_quietly(outcome, with_model=parent.with_model if parent else True)
