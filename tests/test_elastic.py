@@ -18,9 +18,13 @@ from raycifar.store.runs import RunFolder
 from conftest import TINY_WIDTH, write_folder
 from simcluster import new_cluster
 
-# Ray's elastic policy sees a returning node through Ray Data's autoscaling coordinator, which
-# looks at the cluster every 20 s (not configurable): the run must outlast that after the join.
-EPOCHS = 32
+# The run stalls (a hung rank 0, RAYCIFAR_FAULT) where the test needs it to wait rather than
+# train on: at epoch 3 while the node is killed, and at epoch 5, at world size 1, until it grows
+# back. Ray's elastic policy sees a returning node through Ray Data's autoscaling coordinator,
+# which looks at the cluster every 20 s (not configurable): the stall outlasts that, and the
+# run needs no epochs to spend while it waits.
+EPOCHS = 6
+KILL_AT, GROW_AT = 3, 5
 RESIZE_SECONDS = 4
 # Ray's GCS declares a silent node dead after `failure_threshold` missed health checks of
 # `period` (defaults 5 x 3 s): shortened so the test waits seconds, not a quarter-minute.
@@ -101,19 +105,22 @@ def test_a_lost_node_is_survived_and_the_run_grows_back(tmp_path):
                 "--lr-min", "0.005", "--precision", "fp32", "--no-channels-last",
                 "--loader-workers", "0", "--width", str(TINY_WIDTH), "--shared-storage"]
         log = tmp_path / "train.log"
+        stalls = ",".join(f"stall:epoch={e}:seconds=200:once={tmp_path / f'stalled{e}'}"
+                          for e in (KILL_AT, GROW_AT))  # once: a restarted group goes on
         with open(log, "w") as out:
             # Ray's reservation still counts the dead node for up to 20 s, so the first restart
             # waits out a worker-group start for 2 (60 s by default; 10 s here).
-            env = {**sim.driver_env(), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10"}
+            env = {**sim.driver_env(), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "10",
+                   "RAYCIFAR_FAULT": stalls}
             proc = subprocess.Popen(argv, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, text=True)
         run = RunFolder(str(storage / "spot"))
         try:
-            # killed once the last finished epoch's checkpoint is whole on storage: its upload
-            # runs behind the next epoch's training, and a node lost before it lands
-            # legitimately costs that epoch too
-            wait_for(lambda: len(rows(run)) >= 2 and rows(run)[-1]["world_size"] == "2"
-                     and saved_epoch(run) == len(rows(run)), proc, 240, log)
+            # killed while epoch KILL_AT stalls, once the epoch before's checkpoint is whole on
+            # storage: its upload runs behind the next epoch's training, and a node lost before
+            # it lands legitimately costs that epoch too
+            wait_for(lambda: len(rows(run)) == KILL_AT - 1 and rows(run)[-1]["world_size"] == "2"
+                     and saved_epoch(run) == KILL_AT - 1, proc, 240, log)
             killed_after = len(rows(run))
             sim.kill_node("sim_node_2")
             lost_at = time.monotonic()

@@ -93,7 +93,11 @@ def test_an_unreadable_snapshot_is_an_error(tmp_path):
 
 
 def test_fault_specs_parse_and_bad_ones_are_refused():
-    assert from_spec(None) is None
+    assert from_spec(None) == () and from_spec("") == ()
+    assert from_spec("stall:epoch=3:once=/a,kill:epoch=5:rank=1") == (
+        Fault("stall", 3, once="/a"), Fault("kill", 5, rank=1))
+    with pytest.raises(ConfigError):
+        from_spec("stall:epoch=3,")  # an empty second fault
     assert Fault.parse("kill:epoch=2:step=3:rank=1:once=/x") == Fault("kill", 2, 3, 1, "/x")
     assert Fault.parse("nan:epoch=1") == Fault("nan", 1)
     assert Fault.parse("stall:epoch=3:seconds=0.5") == Fault("stall", 3, seconds=0.5)

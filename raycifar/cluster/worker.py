@@ -64,7 +64,7 @@ class Worker:
     moments: dict = field(default_factory=dict)  # rank 0's part of timeline's moments
 
     @property
-    def fault(self) -> Optional[Fault]:
+    def faults(self) -> tuple[Fault, ...]:
         return fault_from_spec(self.loop.fault)
 
 
@@ -241,13 +241,14 @@ def train_one_epoch(w: Worker, learner: Learner, batches, epoch: int) -> EpochRe
     if transform is not None:
         transform.set_random_seed(int(np.random.SeedSequence(
             [w.cfg.seed, epoch, w.rank]).generate_state(1)[0]))
-    fault = w.fault
+    faults = w.faults
     try:
         return train_epoch(
             learner, batches, epoch=epoch, epochs=w.cfg.epochs,
             first_step=(epoch - 1) * len(batches), progress=w.rank == 0,
             progress_seconds=w.loop.progress_seconds,
-            before_step=fault and (lambda i: fault.maybe_fire(epoch, i, w.rank, learner.bare)))
+            before_step=(lambda i: [f.maybe_fire(epoch, i, w.rank, learner.bare)
+                                    for f in faults]) if faults else None)
     except DivergenceError as e:  # no checkpoint for this epoch: the last one stays good
         kept = (f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else
                 "no epoch had finished")

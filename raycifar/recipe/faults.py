@@ -6,6 +6,7 @@ worker in the loop config (so it works on a cluster whose workers have another e
     RAYCIFAR_FAULT="kill:epoch=2:step=3:rank=1:once=/tmp/fired"   # SIGKILL rank 1's process
     RAYCIFAR_FAULT="nan:epoch=2:step=0:once=/tmp/fired"           # NaN into the weights
     RAYCIFAR_FAULT="stall:epoch=3:seconds=600"                    # the worker hangs there
+    RAYCIFAR_FAULT="stall:epoch=3:once=/tmp/a,stall:epoch=5:once=/tmp/b"  # several, comma-separated
 
 The fault fires on the worker with that rank (0 by default) just before the given step of the
 given epoch (the step counts from 0 within the epoch). ``once`` names a marker file: the fault
@@ -79,5 +80,6 @@ class Fault:
                 next(model.parameters()).fill_(float("nan"))
 
 
-def from_spec(spec: Optional[str]) -> Optional[Fault]:
-    return Fault.parse(spec) if spec else None
+def from_spec(spec: Optional[str]) -> tuple[Fault, ...]:
+    """The faults of a spec: none for an empty one, several where commas separate them."""
+    return tuple(Fault.parse(part) for part in spec.split(",")) if spec else ()
