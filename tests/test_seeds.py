@@ -1,5 +1,5 @@
 """Seeds as a Tune run, the search's two lengths, fractional GPUs: planned without Ray, run
-for real on a local Ray (two seeds in parallel on 2 CPUs, interrupted and resumed)."""
+for real on a Ray cluster (two seeds in parallel on 2 CPUs, interrupted and resumed)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,10 @@ def test_the_spread_of_seeds():
     assert spread([0.9])["std"] == 0.0
 
 
-def seeds_cli(cfg, *more: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def seeds_cli(cfg, address: str, *more: str, timeout: int = 600
+              ) -> subprocess.CompletedProcess:
+    """`raycifar tune seeds` on the session's cluster (RAY_ADDRESS, as in a `ray job submit`
+    job): a command that starts its own local Ray is tested in test_fault_tolerance."""
     argv = [sys.executable, "-m", "raycifar.tune", "seeds", "--seeds", "2",
             "--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir, "--storage-path",
             cfg.storage_path, "--name", "seeds", "--epochs", "2", "--peak-epoch", "1",
@@ -50,23 +53,26 @@ def seeds_cli(cfg, *more: str, timeout: int = 600) -> subprocess.CompletedProces
             "--precision", "fp32", "--no-channels-last", "--width", str(TINY_WIDTH),
             "--lr-max", "0.05", "--lr-min",
             "0.005", *more]
-    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    env = {**__import__("os").environ, "RAY_ADDRESS": address}
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.mark.ray
-def test_seeds_run_in_parallel_resume_and_report(tmp_path, monkeypatch):
+def test_seeds_run_in_parallel_resume_and_report(tmp_path, monkeypatch, ray_cluster):
     """... and are tracked in MLflow: a seeds run with a child run per seed, resumed."""
     cfg = tiny_train_config(tmp_path)
+    address = ray_cluster.get_runtime_context().gcs_address
     tracking = ["--tracker", "mlflow"]  # the test extra has MLflow
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)  # its artifacts go to ./mlruns
-    stopped = seeds_cli(cfg, "--stop-after-epoch", "1", *tracking)  # each seed stops after 1
+    # each seed stops after epoch 1
+    stopped = seeds_cli(cfg, address, "--stop-after-epoch", "1", *tracking)
     assert stopped.returncode == 1, stopped.stdout[-3000:] + stopped.stderr[-3000:]
     folder = RunFolder(cfg.run_dir.replace("/tiny", "/seeds"))
     assert json.loads(folder.read_text("seeds.json"))["unfinished"] == [0, 1]
 
-    done = seeds_cli(cfg, *tracking)  # the same name again: both seeds resume from epoch 1
+    # the same name again: both seeds resume from epoch 1
+    done = seeds_cli(cfg, address, *tracking)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     assert out.count("resuming seeds-seed") == 2
