@@ -105,8 +105,9 @@ def test_a_lost_node_is_survived_and_the_run_grows_back(tmp_path):
                 "--lr-min", "0.005", "--precision", "fp32", "--no-channels-last",
                 "--loader-workers", "0", "--width", str(TINY_WIDTH), "--shared-storage"]
         log = tmp_path / "train.log"
-        stalls = ",".join(f"stall:epoch={e}:seconds=200:once={tmp_path / f'stalled{e}'}"
-                          for e in (KILL_AT, GROW_AT))  # once: a restarted group goes on
+        stalled = {e: tmp_path / f"stalled{e}" for e in (KILL_AT, GROW_AT)}
+        stalls = ",".join(f"stall:epoch={e}:seconds=200:once={marker}"
+                          for e, marker in stalled.items())  # once: a restarted group goes on
         with open(log, "w") as out:
             # Ray's reservation still counts the dead node for up to 20 s, so the first restart
             # waits out a worker-group start for 2 (60 s by default; 10 s here).
@@ -119,7 +120,8 @@ def test_a_lost_node_is_survived_and_the_run_grows_back(tmp_path):
             # killed while epoch KILL_AT stalls, once the epoch before's checkpoint is whole on
             # storage: its upload runs behind the next epoch's training, and a node lost before
             # it lands legitimately costs that epoch too
-            wait_for(lambda: len(rows(run)) == KILL_AT - 1 and rows(run)[-1]["world_size"] == "2"
+            wait_for(lambda: stalled[KILL_AT].exists() and len(rows(run)) == KILL_AT - 1
+                     and rows(run)[-1]["world_size"] == "2"
                      and saved_epoch(run) == KILL_AT - 1, proc, 240, log)
             killed_after = len(rows(run))
             sim.kill_node("sim_node_2")
@@ -128,6 +130,8 @@ def test_a_lost_node_is_survived_and_the_run_grows_back(tmp_path):
                                log)
             first_small = next(r for r in rows(run) if r["world_size"] == "1")
             back_training = smaller - float(first_small["epoch_seconds"]) - lost_at
+            # the node joins while the run waits at world size 1, so the grow cuts that short
+            wait_for(stalled[GROW_AT].exists, proc, 120, log)
             sim.add_node(cpus=1)
             joined_at = time.monotonic()
             grown = wait_for(lambda: rows(run)[-1]["world_size"] == "2"

@@ -255,3 +255,15 @@ def test_another_worker_count_resumes_when_the_schedule_is_the_same(tmp_path):
                                               r"18 \(other data or another batch size\): start "
                                               r"fresh"):
         check_resumable(cfg.replace(num_workers=8), 3, total_steps=18)
+
+
+def test_a_bad_fault_spec_is_refused_on_the_driver(monkeypatch):
+    from raycifar.cluster.trainer import checked_faults
+
+    monkeypatch.delenv("RAYCIFAR_FAULT", raising=False)
+    assert checked_faults() is None
+    monkeypatch.setenv("RAYCIFAR_FAULT", "stall:epoch=3, kill:epoch=4:rank=1")
+    assert checked_faults() == "stall:epoch=3, kill:epoch=4:rank=1"
+    monkeypatch.setenv("RAYCIFAR_FAULT", "stall:epoch=3,stall:epoch=x")
+    with pytest.raises(ConfigError, match="epoch= takes a number"):
+        checked_faults()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -54,6 +55,10 @@ def seeds_cli(cfg, address: str, *more: str, timeout: int = 600
             "--lr-max", "0.05", "--lr-min",
             "0.005", *more]
     env = {**__import__("os").environ, "RAY_ADDRESS": address}
+    import ray
+    deadline = time.monotonic() + 30  # an earlier test's workers gone: both CPUs free
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
 
 

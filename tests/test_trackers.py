@@ -353,6 +353,40 @@ def test_a_trial_the_scheduler_stops_ends_with_the_experiment_and_its_last_epoch
     assert [s for s, _ in history(mlflow_store, child.tracker.run_id, "epoch/test_acc")] == [1, 2]
 
 
+def test_stopped_trials_end_once_their_train_workers_are_gone(monkeypatch):
+    """What on_experiment_end waits for: Ray's state API asked until no RayTrainWorker of
+    this job is alive, for `timeout` at most, and not at all where the API cannot answer."""
+    import time
+
+    from raycifar.cluster import tracking
+
+    asked = []
+
+    def list_actors(filters, **kw):
+        asked.append(dict((k, v) for k, _, v in filters))
+        return ["a worker"] if len(asked) < 3 else []
+
+    monkeypatch.setattr(tracking.ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(tracking.ray, "get_runtime_context",
+                        lambda: SimpleNamespace(get_job_id=lambda: "02000000"))
+    monkeypatch.setattr(tracking, "list_actors", list_actors)
+    tracking.wait_for_train_workers(timeout=5, every=0.01)
+    assert len(asked) == 3 and asked[0] == {"class_name": "RayTrainWorker", "state": "ALIVE",
+                                            "job_id": "02000000"}
+    monkeypatch.setattr(tracking, "list_actors", lambda **kw: ["for ever"])
+    started = time.monotonic()
+    tracking.wait_for_train_workers(timeout=0.2, every=0.01)
+    assert 0.2 <= time.monotonic() - started < 2
+
+    def unreachable(**kw):
+        raise ConnectionError("no dashboard")
+
+    monkeypatch.setattr(tracking, "list_actors", unreachable)
+    started = time.monotonic()
+    tracking.wait_for_train_workers(timeout=5)
+    assert time.monotonic() - started < 0.5
+
+
 def test_a_finished_run_reopened_sends_nothing_twice_and_a_new_attempt_gets_a_new_run(
         tmp_path, mlflow_store):
     folder = RunFolder(str(tmp_path / "done"))

@@ -3,7 +3,8 @@
 `track_trials` gives the Tune callbacks for one Tune experiment: Tune runs them on the driver,
 so each trial's run folder is mirrored from there (store/trackers.py), opened when the trial
 starts (or at its first result), sent by the command's Follower thread with the parent,
-ended with the trial. Tune keeps a
+ended with the trial (one the scheduler stopped early: when the experiment ends and its Train
+workers are gone, so the epoch they finished after the decision is sent too). Tune keeps a
 Tuner's callbacks in its experiment state and a restored Tuner uses those, so a callback holds
 only the experiment's name: it finds the command's tracker run by that name in `_PARENTS`,
 which `track_trials` fills (and empties for a command without a tracker).
@@ -11,10 +12,13 @@ which `track_trials` fills (and empties for a command without a tracker).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import ray
 from ray.tune import Callback
+from ray.util.state import list_actors
 
 from ..recipe.logs import log
 from ..store import runs
@@ -88,8 +92,10 @@ class TrackTrials(Callback):
         self._end(trial, failed=True)
 
     def on_experiment_end(self, trials, **info):
-        # Tune has stopped every trial's actor by now: what their workers wrote after the
-        # scheduler's decision is in their folders
+        # Tune has stopped every trial's actor by now, but the Train workers a trial started
+        # die after it (their owner is gone): an epoch they write meanwhile belongs to the run
+        if self.stopped:
+            wait_for_train_workers()
         for child in self.stopped:
             self._finish(child, "stopped")
         self.stopped = []
@@ -109,3 +115,23 @@ class TrackTrials(Callback):
     def _finish(self, child: TrackedRun, outcome: str) -> None:
         parent = _PARENTS.get(self.experiment)
         child.finish_quietly(outcome, with_model=parent.with_model if parent else True)
+
+
+def wait_for_train_workers(timeout: float = 30.0, every: float = 0.5) -> None:
+    """Until this job has no live Ray Train worker (every trial's run has ended), or
+    `timeout`; at once where Ray's state API cannot say (it needs the dashboard)."""
+    if not ray.is_initialized():
+        return
+    job = ray.get_runtime_context().get_job_id()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                         ("state", "=", "ALIVE"), ("job_id", "=", job)],
+                                timeout=5, raise_on_missing_output=False)
+        except Exception as e:  # no dashboard, or it did not answer
+            log.debug(f"cannot list Ray Train's workers ({e})")
+            return
+        if not alive or time.monotonic() > deadline:
+            return
+        time.sleep(every)

@@ -11,7 +11,7 @@ from typing import Optional
 from ..recipe.config import RaycifarError, TrainConfig
 from ..recipe.data import TrainingData, check_hold_out, load_arrays
 from ..recipe.engine import DivergenceError, one_cycle
-from ..recipe.faults import ENV as FAULT_ENV
+from ..recipe.faults import ENV as FAULT_ENV, from_spec as faults_from_spec
 from ..recipe.logs import log
 from ..recipe.progress import interval_seconds
 from ..store import runs
@@ -33,6 +33,14 @@ def driver_data(cfg: TrainConfig, holdout: Optional[int] = None) -> tuple[Traini
         check_hold_out(holdout, len(arrays.y_train))
     check_writable(cfg.storage_path)
     return TrainingData.of(arrays), steps
+
+
+def checked_faults() -> Optional[str]:
+    """RAYCIFAR_FAULT as the workers get it, parsed here first: a bad spec is one error on the
+    driver, not a ConfigError in every worker at every restart."""
+    spec = os.environ.get(FAULT_ENV)
+    faults_from_spec(spec)
+    return spec
 
 
 def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
@@ -59,7 +67,7 @@ def fit(cfg: TrainConfig, use_gpu: bool = False, meta: Optional[dict] = None,
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"loop": LoopConfig(
-            cfg.to_dict(), data, meta, fault=os.environ.get(FAULT_ENV),
+            cfg.to_dict(), data, meta, fault=checked_faults(),
             # read (and checked) here: workers on a cluster have another env
             progress_seconds=interval_seconds())},
         scaling_config=ScalingConfig(

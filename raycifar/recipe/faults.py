@@ -81,5 +81,6 @@ class Fault:
 
 
 def from_spec(spec: Optional[str]) -> tuple[Fault, ...]:
-    """The faults of a spec: none for an empty one, several where commas separate them."""
-    return tuple(Fault.parse(part) for part in spec.split(",")) if spec else ()
+    """The faults of a spec: none for an empty one, several where commas separate them (so a
+    `once` path holds no comma; two faults with one `once` file fire once between them)."""
+    return tuple(Fault.parse(part.strip()) for part in spec.split(",")) if spec else ()
