@@ -81,7 +81,7 @@ def outputs_text(cell) -> str:
 
 
 @pytest.mark.ray
-def test_the_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+def test_the_notebook_runs_top_to_bottom(tmp_path, monkeypatch, ray_cluster):
     from nbclient import NotebookClient
 
     data = write_folder(tmp_path / "data", n_train=24, n_test=8)
@@ -93,7 +93,10 @@ def test_the_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     nb = with_parameters(nbformat.read(NOTEBOOK, as_version=4), {
         "DATA_DIR": str(data), "SUBSET": 60, "EPOCHS": 2, "PEAK_EPOCH": 1,
         "RANGE_TEST_STEPS": 10, "NUM_WORKERS": 0, "WIDTH": TINY_WIDTH, "NAME": "nb",
-        "STORAGE_PATH": str(storage), "ADDRESS": "local", "PROGRESS_SECONDS": 0,
+        # the session's cluster, as a notebook joins one (`address="local"` starting a
+        # local Ray is tested in test_api)
+        "STORAGE_PATH": str(storage), "PROGRESS_SECONDS": 0,
+        "ADDRESS": ray_cluster.get_runtime_context().gcs_address,
         "EXTRA": {"cache_dir": str(tmp_path / "cache"), "batch_size": 16, "seed": 3,
                   "loader_workers": 0, "cpus_per_worker": 1, "precision": "fp32",
                   "channels_last": False, "label_smoothing": 0.0},
