@@ -36,13 +36,13 @@ REPO = Path(__file__).resolve().parents[1]
 # session fixture stay together. Every other test goes where there is room, mostly once a lane
 # is nearly done. Without xdist (`-p no:xdist`, `-n 0`) the groups mean nothing.
 XDIST_GROUPS = {
-    # lane a: ~810 s of the two lanes' ~1630 on a 2-vCPU Intel Xeon (each lane's tests timed
-    # with the other lane running)
+    # lane a: ~510 s in one process on an idle 2-core machine
     "test_tune.py": "ray-a", "test_multinode.py": "ray-a", "test_api.py": "ray-a",
-    "test_notebook.py": "ray-a", "test_cli.py": "ray-a", "test_bench.py": "ray-a",
+    "test_notebook.py": "ray-a", "test_cli.py": "ray-a",
     # lane b: about as long
     "test_fault_tolerance.py": "ray-b", "test_elastic.py": "ray-b", "test_seeds.py": "ray-b",
-    "test_gpu_check.py": "ray-b", "test_ray_train.py": "ray-b", "test_doctor.py": "ray-b",
+    "test_gpu_check.py": "ray-b", "test_ray_train.py": "ray-b", "test_bench.py": "ray-b",
+    "test_doctor.py": "ray-b",
     # the session's trained run, made once
     "test_evaluate.py": "trained-run", "test_predict.py": "trained-run",
     "test_report.py": "report",  # a module fixture
