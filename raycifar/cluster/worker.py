@@ -242,13 +242,17 @@ def train_one_epoch(w: Worker, learner: Learner, batches, epoch: int) -> EpochRe
         transform.set_random_seed(int(np.random.SeedSequence(
             [w.cfg.seed, epoch, w.rank]).generate_state(1)[0]))
     faults = w.faults
+
+    def fire(step: int) -> None:
+        for fault in faults:
+            fault.maybe_fire(epoch, step, w.rank, learner.bare)
+
     try:
         return train_epoch(
             learner, batches, epoch=epoch, epochs=w.cfg.epochs,
             first_step=(epoch - 1) * len(batches), progress=w.rank == 0,
             progress_seconds=w.loop.progress_seconds,
-            before_step=(lambda i: [f.maybe_fire(epoch, i, w.rank, learner.bare)
-                                    for f in faults]) if faults else None)
+            before_step=fire if faults else None)
     except DivergenceError as e:  # no checkpoint for this epoch: the last one stays good
         kept = (f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else
                 "no epoch had finished")
