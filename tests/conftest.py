@@ -30,19 +30,18 @@ CLASSES = ["cat", "dog", "frog"]
 REPO = Path(__file__).resolve().parents[1]
 
 # The suite runs in two pytest-xdist processes (`-n 2 --dist loadgroup` in pyproject's
-# addopts), each test in the process its group is sent to. The files that start Ray runs go in
-# two lanes of about equal length (measured), one per process, each lane's files one after the
-# other: never more than two of them at once on the two cores. Files that share a module or
-# session fixture stay together. Every other test goes where there is room, mostly once a lane
-# is nearly done. Without xdist (`-p no:xdist`, `-n 0`) the groups mean nothing.
+# addopts), each test in the process its group is sent to. The Ray tests go in two lanes, one
+# per process, each lane's tests one after the other: never more than two Ray runs at once on
+# the two cores. Lane "ray-shared" holds every test on the session's cluster (`ray_cluster`),
+# so one such cluster serves the whole suite (an idle Ray head costs ~10 CPU seconds a
+# minute on this machine kind: a second one alive for the whole run cost ~2 minutes of the
+# cores); lane "ray-own" holds the tests that start clusters or local Rays of their own, and
+# the files whose in-process tests must not find this process connected to a cluster.
+# Files that share a module or session fixture stay together. Every other test goes where
+# there is room. Without xdist (`-p no:xdist`, `-n 0`) the groups mean nothing.
+SHARED_LANE, OWN_LANE = "ray-shared", "ray-own"
+OWN_LANE_FILES = {"test_multinode.py", "test_elastic.py", "test_api.py", "test_cli.py"}
 XDIST_GROUPS = {
-    # lane a: ~510 s in one process on an idle 2-core machine
-    "test_tune.py": "ray-a", "test_multinode.py": "ray-a", "test_api.py": "ray-a",
-    "test_notebook.py": "ray-a", "test_cli.py": "ray-a",
-    # lane b: about as long
-    "test_fault_tolerance.py": "ray-b", "test_elastic.py": "ray-b", "test_seeds.py": "ray-b",
-    "test_gpu_check.py": "ray-b", "test_ray_train.py": "ray-b", "test_bench.py": "ray-b",
-    "test_doctor.py": "ray-b",
     # the session's trained run, made once
     "test_evaluate.py": "trained-run", "test_predict.py": "trained-run",
     "test_report.py": "report",  # a module fixture
@@ -50,10 +49,20 @@ XDIST_GROUPS = {
 }
 
 
+def xdist_group(item) -> str | None:
+    """The lane (or fixture group) of a test; None: wherever there is room."""
+    name = item.path.name
+    if "ray_cluster" in item.fixturenames:
+        return SHARED_LANE
+    if name in OWN_LANE_FILES or (item.get_closest_marker("ray") and name != "test_tune.py"):
+        return OWN_LANE
+    return XDIST_GROUPS.get(name)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
     for item in items:
-        group = XDIST_GROUPS.get(item.path.name)
+        group = xdist_group(item)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
 

@@ -194,18 +194,15 @@ def test_a_terminated_driver_resumes_on_the_next_run(tmp_path, ray_root):
     assert not _ray_servers(ray_root)
 
 
-def test_two_runs_and_a_search_at_once_end_cleanly_and_leave_nothing_behind(tmp_path,
-                                                                             ray_root):
-    """Each starts its own local Ray on the same 2 cores. One run and the search finish; the
-    other run gets Ctrl-C (SIGINT) after its first epoch and stops cleanly. No Ray process
-    survives."""
+def test_a_run_and_a_search_at_once_end_cleanly_and_leave_nothing_behind(tmp_path, ray_root):
+    """Each starts its own local Ray on the same 2 cores. The search finishes; the run gets
+    Ctrl-C (SIGINT) after its first epoch and stops cleanly. No Ray process survives."""
     cfg = tiny_train_config(tmp_path)
     common = ["--data-dir", cfg.data_dir, "--cache-dir", cfg.cache_dir, "--storage-path",
               cfg.storage_path, "--peak-epoch", "1", "--batch-size", "16",
               "--lr-max", "0.05", "--lr-min", "0.005", "--cpus-per-worker", "1",
               "--loader-workers", "0", "--precision", "fp32", "--width", str(TINY_WIDTH)]
     commands = {
-        "a": ["raycifar.train", *common, "--epochs", "2", "--name", "a"],
         "b": ["raycifar.train", *common, "--epochs", "20", "--name", "b"],
         "s": ["raycifar.tune", "search", *common, "--epochs", "3", "--name", "s",
               "--candidates", "2", "--search-epochs", "2", "--holdout", "12",
@@ -224,13 +221,9 @@ def test_two_runs_and_a_search_at_once_end_cleanly_and_leave_nothing_behind(tmp_
     assert _ray_servers(ray_root)  # the count below sees these commands' local Rays
     procs["b"].send_signal(signal.SIGINT)
     outs = {k: p.communicate(timeout=500)[0] for k, p in procs.items()}
-    for k in ("a", "s"):
-        assert procs[k].returncode == 0, f"{k}:\n{outs[k][-3000:]}"
+    assert procs["s"].returncode == 0, outs["s"][-3000:]
     assert procs["b"].returncode == 130, outs["b"][-3000:]
     assert f"interrupted; {b.uri} keeps the checkpoint of epoch" in outs["b"]
-    a = RunFolder(os.path.join(cfg.storage_path, "a"))
-    assert [r["epoch"] for r in a.read_csv("metrics.csv")] == ["1", "2"]
-    assert a.exists("summary.json")
     assert RunFolder(os.path.join(cfg.storage_path, "s")).exists("best.json")
     deadline = time.time() + 30
     while _ray_servers(ray_root) and time.time() < deadline:

@@ -182,10 +182,11 @@ def test_lr_search_runs_the_range_test_and_the_search_on_the_cluster(cluster):
     assert_workers_never_opened_the_data(cluster)
 
 
-def test_a_token_authenticated_cluster_is_joined_as_a_bare_ray_init_would():
-    """Ray 2.60 turns token authentication on for a cluster it finds itself (no address, or
-    "auto") when a token exists, and never for an address passed in: the `ray start` cluster
-    of this node is joined as "auto", so the default path works with RAY_AUTH_MODE unset."""
+@pytest.fixture(scope="module")
+def token_head():
+    """A one-node cluster with token authentication that declares 4 CPUs and one GPU it does
+    not have (`ray start --num-gpus 1`): the token test and the GPU packing test share it, as
+    one head costs less than two."""
     from ray._private.authentication.authentication_token_generator import \
         generate_new_authentication_token
 
@@ -193,44 +194,48 @@ def test_a_token_authenticated_cluster_is_joined_as_a_bare_ray_init_would():
     sim.token = sim.root / "auth_token"
     sim.token.write_text(generate_new_authentication_token())
     try:
-        sim.start_head()
-        write_folder(sim.forbidden / "data", n_train=24, n_test=8)
-        done = train(sim, tiny_args(sim, sim.root / "runs", "token", "--lr-max", "0.05",
-                                    "--lr-min", "0.005", "--epochs", "2"))
-        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-        assert RunFolder(str(sim.root / "runs" / "token")).exists("summary.json")
-        # an address given needs RAY_AUTH_MODE=token, as Ray's own tools do
-        joined = subprocess.run(
-            [sys.executable, "-c", "import ray; from raycifar.cluster.connect import init_ray; "
-             f"init_ray('{sim.gcs}'); print(int(ray.cluster_resources()['CPU']))"],
-            env={**sim.driver_env(), "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
-            timeout=120)
-        assert joined.returncode == 0 and joined.stdout.split()[-1] == "2", joined.stderr[-3000:]
-    finally:
-        sim.stop()
-
-
-def test_packing_ranks_of_one_run_onto_a_gpu_is_refused_before_any_worker_starts():
-    """A head that declares one GPU it does not have (`ray start --num-gpus 1`): two workers
-    of 0.5 GPU would both get GPU 0 and crash in NCCL, so every command that would train them
-    says so in one line and exits; one-worker trials of a fraction are what packing is for."""
-    sim = new_cluster()
-    try:
         sim.start_head(cpus=4, gpus=1)
         write_folder(sim.forbidden / "data", n_train=24, n_test=8)
-        storage = sim.root / "runs"
-        packed = ["--num-workers", "2", "--gpus-per-worker", "0.5", "--cpus-per-worker", "1",
-                  "--lr-max", "0.05", "--lr-min", "0.005"]
-        for module, extra in (("raycifar.train", []), ("raycifar.tune", ["seeds", "--seeds", "2"])):
-            argv = [*extra, *tiny_args(sim, storage, module.replace(".", "-"), *packed)]
-            start = time.monotonic()
-            done = subprocess.run([sys.executable, "-m", module, *argv], env=sim.driver_env(),
-                                  capture_output=True, text=True, timeout=120)
-            assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
-            errors = [line for line in done.stderr.splitlines() if "error:" in line]
-            assert len(errors) == 1 and "would put ranks of one NCCL process group on the same " \
-                "GPU" in errors[0] and "--num-workers 1 --gpus-per-worker 0.25" in errors[0], errors
-            assert "Traceback" not in done.stderr and "NCCL" not in done.stdout
-            assert time.monotonic() - start < 60  # no retries, no waiting for a placement
+        yield sim
     finally:
         sim.stop()
+
+
+def test_a_token_authenticated_cluster_is_joined_as_a_bare_ray_init_would(token_head):
+    """Ray 2.60 turns token authentication on for a cluster it finds itself (no address, or
+    "auto") when a token exists, and never for an address passed in: the `ray start` cluster
+    of this node is joined as "auto", so the default path works with RAY_AUTH_MODE unset."""
+    sim = token_head
+    # --no-use-gpu: the head's GPU is declared, not there
+    done = train(sim, tiny_args(sim, sim.root / "runs", "token", "--lr-max", "0.05",
+                                "--lr-min", "0.005", "--epochs", "2", "--no-use-gpu"))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert RunFolder(str(sim.root / "runs" / "token")).exists("summary.json")
+    # an address given needs RAY_AUTH_MODE=token, as Ray's own tools do
+    joined = subprocess.run(
+        [sys.executable, "-c", "import ray; from raycifar.cluster.connect import init_ray; "
+         f"init_ray('{sim.gcs}'); print(int(ray.cluster_resources()['CPU']))"],
+        env={**sim.driver_env(), "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
+        timeout=120)
+    assert joined.returncode == 0 and joined.stdout.split()[-1] == "4", joined.stderr[-3000:]
+
+
+def test_packing_ranks_of_one_run_onto_a_gpu_is_refused_before_any_worker_starts(token_head):
+    """A head that declares one GPU it does not have: two workers of 0.5 GPU would both get
+    GPU 0 and crash in NCCL, so every command that would train them says so in one line and
+    exits; one-worker trials of a fraction are what packing is for."""
+    sim = token_head
+    storage = sim.root / "runs"
+    packed = ["--num-workers", "2", "--gpus-per-worker", "0.5", "--cpus-per-worker", "1",
+              "--lr-max", "0.05", "--lr-min", "0.005"]
+    for module, extra in (("raycifar.train", []), ("raycifar.tune", ["seeds", "--seeds", "2"])):
+        argv = [*extra, *tiny_args(sim, storage, module.replace(".", "-"), *packed)]
+        start = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", module, *argv], env=sim.driver_env(),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
+        errors = [line for line in done.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and "would put ranks of one NCCL process group on the same " \
+            "GPU" in errors[0] and "--num-workers 1 --gpus-per-worker 0.25" in errors[0], errors
+        assert "Traceback" not in done.stderr and "NCCL" not in done.stdout
+        assert time.monotonic() - start < 60  # no retries, no waiting for a placement

@@ -128,7 +128,7 @@ def test_an_interrupted_search_resumes_its_trials_where_their_checkpoints_are(tm
     from raycifar.store.resume import checkpoint_epoch
 
     cfg = tiny_train_config(tmp_path, name="cut", epochs=24, peak_epoch=5)
-    settings, lrs = SearchConfig(epochs=8, holdout=12), [0.05, 0.03]
+    settings, lrs = SearchConfig(epochs=8, holdout=12), [0.05]  # one trial's Train run
     address = ray_cluster.get_runtime_context().gcs_address
     script = (
         "import json, sys, ray\n"
