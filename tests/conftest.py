@@ -33,12 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 # addopts), each test in the process its group is sent to. The Ray tests go in two lanes, one
 # per process, each lane's tests one after the other: never more than two Ray runs at once on
 # the two cores. Lane "ray-shared" holds every test on the session's cluster (`ray_cluster`),
-# so one such cluster serves the whole suite (an idle Ray head costs ~10 CPU seconds a
-# minute on this machine kind: a second one alive for the whole run cost ~2 minutes of the
-# cores); lane "ray-own" holds the tests that start clusters or local Rays of their own, and
-# the files whose in-process tests must not find this process connected to a cluster.
-# Files that share a module or session fixture stay together. Every other test goes where
-# there is room. Without xdist (`-p no:xdist`, `-n 0`) the groups mean nothing.
+# so one such cluster serves the whole suite (an idle Ray head used 8-12 CPU seconds a minute
+# here: a second one alive through the run cost ~2 CPU minutes). Lane "ray-own" holds the
+# tests that start clusters or local Rays of their own, and the files whose in-process tests
+# must not find their process connected to a cluster. Files that share a module or session
+# fixture stay together. Every other test goes where there is room. Without xdist
+# (`-p no:xdist`, `-n 0`) the groups mean nothing.
 SHARED_LANE, OWN_LANE = "ray-shared", "ray-own"
 OWN_LANE_FILES = {"test_multinode.py", "test_elastic.py", "test_api.py", "test_cli.py"}
 XDIST_GROUPS = {
@@ -54,7 +54,7 @@ def xdist_group(item) -> str | None:
     name = item.path.name
     if "ray_cluster" in item.fixturenames:
         return SHARED_LANE
-    if name in OWN_LANE_FILES or (item.get_closest_marker("ray") and name != "test_tune.py"):
+    if name in OWN_LANE_FILES or item.get_closest_marker("ray"):
         return OWN_LANE
     return XDIST_GROUPS.get(name)
 

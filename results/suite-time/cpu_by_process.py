@@ -1,12 +1,14 @@
 """CPU seconds per kind of process while a command runs: where the test suite's time goes.
 
-    python results/suite-time/cpu_by_process.py -- python -m pytest -m ray
+    python results/suite-time/cpu_by_process.py [--by-name] -- python -m pytest -m ray
 
 Reads /proc every 0.3 s and keeps, for every process on the machine (so run it on an idle
 one), the CPU time it used since it was first seen (a process that lives less than 0.3 s is
 missed; one already running counts from the first look). Ray names its worker processes
 after what they run (`ray::RayTrainWorker`), so the kinds below are read from each process's
-command line at its last sighting.
+command line at its last sighting. `--by-name` adds a finer table: one row per Ray actor
+class (`ray::TrainController`), Ray component (`raylet`, `dashboard/agent.py`, the dashboard's
+module processes) or `python -m` command.
 """
 
 from __future__ import annotations
@@ -29,7 +31,20 @@ KINDS = [
      r"ray\.util\.client|TrainStateActor|AutoscalingCoordinator|ray::IDLE|ray\.scripts"),
     ("the commands' drivers and the test processes", r"raycifar\.|python.* -c |ipykernel|pytest"),
 ]
+NAMES = [r"ray::\w+", r"ray-dashboard-\w+?-\d+", r"gcs_server", r"raylet", r"dashboard/agent\.py",
+         r"dashboard/dashboard\.py", r"log_monitor", r"monitor\.py", r"ray\.util\.client",
+         r"ray\.scripts", r"multiprocessing\.\w+", r"-m raycifar[.\w]*", r"-m pytest",
+         r"python -u -c", r"ipykernel", r"python .*-c "]
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def name_of(cmd: str) -> str:
+    """A short name for a process: its Ray actor class, Ray component or command."""
+    for pattern in NAMES:
+        found = re.search(pattern, cmd)
+        if found:
+            return found.group(0)
+    return "other"
 
 
 def sample(seen: dict, first: dict, names: dict, first_pass: bool) -> None:
@@ -51,6 +66,7 @@ def sample(seen: dict, first: dict, names: dict, first_pass: bool) -> None:
 
 
 def main(argv: list[str]) -> int:
+    by_name = "--by-name" in argv[:argv.index("--")] if "--" in argv else False
     command = argv[argv.index("--") + 1:] if "--" in argv else argv
     seen, first, names = {}, {}, {}
     done = threading.Event()
@@ -79,6 +95,16 @@ def main(argv: list[str]) -> int:
         print(f"| {kind} | {n} | {cpu:.0f} |")
     print(f"| all | {sum(n for n, _ in totals.values())} | "
           f"{sum(c for _, c in totals.values()):.0f} |\n\n{wall:.0f} s wall, exit {rc}")
+    if by_name:
+        named: dict[str, list] = {}
+        for pid, cpu in seen.items():
+            row = named.setdefault(name_of(names.get(pid, "")), [0, 0.0])
+            row[0] += 1
+            row[1] += cpu
+        print("\n| process | processes | CPU seconds |\n|---|---|---|")
+        for name, (n, cpu) in sorted(named.items(), key=lambda item: -item[1][1]):
+            if cpu >= 1:
+                print(f"| `{name}` | {n} | {cpu:.0f} |")
     return rc
 
 
