@@ -30,9 +30,10 @@ CLASSES = ["cat", "dog", "frog"]
 REPO = Path(__file__).resolve().parents[1]
 
 # The suite runs in two pytest-xdist processes (`-n 2 --dist loadgroup` in pyproject's
-# addopts), each test in the process its group is sent to. The Ray tests go in two lanes, one
-# per process, each lane's tests one after the other: never more than two Ray runs at once on
-# the two cores. Lane "ray-shared" holds every test on the session's cluster (`ray_cluster`),
+# addopts), each test in the process its group is sent to: xdist sends a group whole to one
+# process, which runs its tests one after the other. The Ray tests go in two groups, "lanes",
+# which xdist hands out first (the largest groups go first), one to each process: never more
+# than two Ray runs at once on the two cores. Lane "ray-shared" holds every test on the session's cluster (`ray_cluster`),
 # so one such cluster serves the whole suite (an idle Ray head used 8-12 CPU seconds a minute
 # here: a second one alive through the run cost ~2 CPU minutes). Lane "ray-own" holds the
 # tests that start clusters or local Rays of their own, and the files whose in-process tests

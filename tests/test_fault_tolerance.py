@@ -210,7 +210,7 @@ def test_a_run_and_a_search_at_once_end_cleanly_and_leave_nothing_behind(tmp_pat
               "--num-steps", "12", "--end-lr", "1"],
     }
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-           "RAY_TMPDIR": ray_root}  # one temp root for the three, as /tmp/ray is by default
+           "RAY_TMPDIR": ray_root}  # one temp root for the two, as /tmp/ray is by default
     procs = {k: subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, env=env)
              for k, argv in commands.items()}

@@ -116,9 +116,9 @@ def test_search_runs_two_trials_at_once_and_asha_stops_free_their_cpus(tmp_path,
 
 def test_an_interrupted_search_resumes_its_trials_where_their_checkpoints_are(tmp_path,
                                                                              ray_cluster):
-    """Ctrl-C (here SIGINT to the driver) while the candidates train; the same search run
-    again restores its Tune experiment, and each unfinished trial's Train run goes on from its
-    last checkpoint: the epochs it had checkpointed are not trained again (their metrics.csv
+    """Ctrl-C (here SIGINT to the driver) while the candidate trains (one: what is pinned is
+    per trial); the same search run again restores its Tune experiment, and each unfinished
+    trial's Train run goes on from its last checkpoint: the epochs it had checkpointed are not trained again (their metrics.csv
     rows, timings included, are as they were) and every epoch appears once."""
     import json
     import signal

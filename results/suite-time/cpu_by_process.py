@@ -34,7 +34,7 @@ KINDS = [
 NAMES = [r"ray::\w+", r"ray-dashboard-\w+?-\d+", r"gcs_server", r"raylet", r"dashboard/agent\.py",
          r"dashboard/dashboard\.py", r"log_monitor", r"monitor\.py", r"ray\.util\.client",
          r"ray\.scripts", r"multiprocessing\.\w+", r"-m raycifar[.\w]*", r"-m pytest",
-         r"python -u -c", r"ipykernel", r"python .*-c "]
+         r"python[\d.]* -u -c", r"ipykernel", r"python[\d.]* (-\w+ )*-c", r"^bash \S+"]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -48,8 +48,9 @@ def name_of(cmd: str) -> str:
 
 
 def sample(seen: dict, first: dict, names: dict, first_pass: bool) -> None:
+    own = str(os.getpid())  # not this sampler's own reading of /proc
     for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+        if not pid.isdigit() or pid == own:
             continue
         try:
             with open(f"/proc/{pid}/stat") as f:
@@ -66,8 +67,15 @@ def sample(seen: dict, first: dict, names: dict, first_pass: bool) -> None:
 
 
 def main(argv: list[str]) -> int:
-    by_name = "--by-name" in argv[:argv.index("--")] if "--" in argv else False
-    command = argv[argv.index("--") + 1:] if "--" in argv else argv
+    if "--" not in argv or argv.index("--") == len(argv) - 1:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    options, command = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    if set(options) - {"--by-name"}:
+        print(f"unknown option(s) {' '.join(sorted(set(options) - {'--by-name'}))}",
+              file=sys.stderr)
+        return 2
+    by_name = "--by-name" in options
     seen, first, names = {}, {}, {}
     done = threading.Event()
 
@@ -102,9 +110,14 @@ def main(argv: list[str]) -> int:
             row[0] += 1
             row[1] += cpu
         print("\n| process | processes | CPU seconds |\n|---|---|---|")
+        small = [0, 0.0]  # the names under 1 CPU second, as one row
         for name, (n, cpu) in sorted(named.items(), key=lambda item: -item[1][1]):
             if cpu >= 1:
                 print(f"| `{name}` | {n} | {cpu:.0f} |")
+            else:
+                small[0] += n
+                small[1] += cpu
+        print(f"| the names under 1 CPU second each | {small[0]} | {small[1]:.0f} |")
     return rc
 
 
