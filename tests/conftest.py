@@ -41,7 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 # fixture stay together. Every other test goes where there is room. Without xdist
 # (`-p no:xdist`, `-n 0`) the groups mean nothing.
 SHARED_LANE, OWN_LANE = "ray-shared", "ray-own"
-OWN_LANE_FILES = {"test_multinode.py", "test_elastic.py", "test_api.py", "test_cli.py"}
+# besides the Ray tests: files whose in-process tests (a fit, the CLI's main) must not find
+# their process connected to the session's cluster
+OWN_LANE_FILES = {"test_api.py", "test_cli.py"}
 XDIST_GROUPS = {
     # the session's trained run, made once
     "test_evaluate.py": "trained-run", "test_predict.py": "trained-run",
@@ -182,6 +184,17 @@ def ray_cluster():
                 break
             time.sleep(0.2)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def free_cpus(ray, want: float = 2, timeout: float = 30) -> float:
+    """The cluster's free CPUs once `want` are free (an earlier run's workers gone), or after
+    `timeout` seconds, whichever comes first."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < want and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return ray.available_resources().get("CPU", 0)
 
 
 @pytest.fixture(scope="session")

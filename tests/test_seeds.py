@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -15,7 +14,7 @@ from raycifar.recipe.config import SearchConfig
 from raycifar.store.runs import RunFolder
 from raycifar.store.seeds import spread
 
-from conftest import TINY_WIDTH, tiny_train_config
+from conftest import TINY_WIDTH, free_cpus, tiny_train_config
 
 
 def test_short_and_full_searches_are_planned_from_the_same_grid(tmp_path):
@@ -56,9 +55,8 @@ def seeds_cli(cfg, address: str, *more: str, timeout: int = 600
             "0.005", *more]
     env = {**__import__("os").environ, "RAY_ADDRESS": address}
     import ray
-    deadline = time.monotonic() + 30  # an earlier test's workers gone: both CPUs free
-    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
+
+    free_cpus(ray)  # an earlier test's workers gone: both CPUs free
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
 
 
